@@ -1,0 +1,181 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/caarlos0/env/v11"
+)
+
+// config is every PULLGATE_* variable. The README's configuration table lists the same, with these defaults.
+type config struct {
+	Addr                string        `env:"ADDR" envDefault:":5443"`
+	MetricsAddr         string        `env:"METRICS_ADDR" envDefault:"127.0.0.1:9090"`
+	DataDir             string        `env:"DATA_DIR" envDefault:"./pullgate-data"`
+	TLSCert             string        `env:"TLS_CERT"`
+	TLSKey              string        `env:"TLS_KEY"`
+	TLSHosts            []string      `env:"TLS_HOSTS" envSeparator:","`
+	Upstreams           []string      `env:"UPSTREAMS" envSeparator:"," envDefault:"docker.io,ghcr.io,quay.io,registry.k8s.io,gcr.io"`
+	DefaultUpstream     string        `env:"DEFAULT_UPSTREAM" envDefault:"docker.io"`
+	UpstreamCAFile      string        `env:"UPSTREAM_CA_FILE"`
+	UpstreamAuthFile    string        `env:"UPSTREAM_AUTH_FILE"`
+	UpstreamConcurrency int           `env:"UPSTREAM_CONCURRENCY" envDefault:"32"`
+	UpstreamTimeout     time.Duration `env:"UPSTREAM_TIMEOUT" envDefault:"30s"`
+	Offline             string        `env:"OFFLINE" envDefault:"false"`
+	TagTTL              time.Duration `env:"TAG_TTL" envDefault:"5m"`
+	NegativeTTL         time.Duration `env:"NEGATIVE_TTL" envDefault:"30s"`
+	ImmutableTags       []string      `env:"IMMUTABLE_TAGS" envSeparator:","`
+	Allow               []string      `env:"ALLOW" envSeparator:","`
+	LogLevel            slog.Level    `env:"LOG_LEVEL" envDefault:"info"`
+	ShutdownTimeout     time.Duration `env:"SHUTDOWN_TIMEOUT" envDefault:"30s"`
+}
+
+// upstreamSpec is one entry of PULLGATE_UPSTREAMS.
+type upstreamSpec struct {
+	name    string
+	url     *url.URL
+	offline bool
+}
+
+// configError is a configuration mistake: startup stops with exit status 2.
+type configError struct{ msg string }
+
+func (e *configError) Error() string { return e.msg }
+
+func badVar(name, format string, args ...any) error {
+	return &configError{msg: fmt.Sprintf("PULLGATE_%s: %s", name, fmt.Sprintf(format, args...))}
+}
+
+// loadConfig parses the environment (environ is os.Environ() in production) and checks every value.
+func loadConfig(environ map[string]string) (config, []upstreamSpec, error) {
+	var c config
+	if err := env.ParseWithOptions(&c, env.Options{Prefix: "PULLGATE_", Environment: environ}); err != nil {
+		var agg env.AggregateError
+		if errors.As(err, &agg) {
+			var msgs []string
+			for _, e := range agg.Errors {
+				msgs = append(msgs, e.Error())
+			}
+			return c, nil, &configError{msg: strings.Join(msgs, "; ")}
+		}
+		return c, nil, &configError{msg: err.Error()}
+	}
+	for name, addr := range map[string]string{"ADDR": c.Addr, "METRICS_ADDR": c.MetricsAddr} {
+		if _, _, err := net.SplitHostPort(addr); err != nil {
+			return c, nil, badVar(name, "%q is not a host:port listen address", addr)
+		}
+	}
+	if c.DataDir == "" {
+		return c, nil, badVar("DATA_DIR", "must not be empty")
+	}
+	if (c.TLSCert == "") != (c.TLSKey == "") {
+		return c, nil, badVar("TLS_CERT", "PULLGATE_TLS_CERT and PULLGATE_TLS_KEY go together: set both or neither")
+	}
+	if c.UpstreamConcurrency < 1 {
+		return c, nil, badVar("UPSTREAM_CONCURRENCY", "must be at least 1, got %d", c.UpstreamConcurrency)
+	}
+	for name, d := range map[string]time.Duration{"TAG_TTL": c.TagTTL, "NEGATIVE_TTL": c.NegativeTTL, "UPSTREAM_TIMEOUT": c.UpstreamTimeout, "SHUTDOWN_TIMEOUT": c.ShutdownTimeout} {
+		if d <= 0 {
+			return c, nil, badVar(name, "must be a positive duration such as 30s or 5m, got %s", d)
+		}
+	}
+	specs, err := parseUpstreams(c.Upstreams)
+	if err != nil {
+		return c, nil, err
+	}
+	if err := applyOffline(specs, c.Offline); err != nil {
+		return c, nil, err
+	}
+	if c.DefaultUpstream != "" && !hasUpstream(specs, c.DefaultUpstream) {
+		return c, nil, badVar("DEFAULT_UPSTREAM", "%q is not in PULLGATE_UPSTREAMS; set it to one of them, or to empty to refuse requests that name no upstream", c.DefaultUpstream)
+	}
+	return c, specs, nil
+}
+
+// parseUpstreams reads "name[=url]" entries. The URL defaults to https://<name>, and to Docker Hub's registry
+// for docker.io.
+func parseUpstreams(entries []string) ([]upstreamSpec, error) {
+	var specs []upstreamSpec
+	for _, e := range entries {
+		e = strings.TrimSpace(e)
+		if e == "" {
+			continue
+		}
+		name, raw, hasURL := strings.Cut(e, "=")
+		name = strings.TrimSpace(name)
+		if name == "" || strings.ContainsAny(name, "/ ?#@") {
+			return nil, badVar("UPSTREAMS", "%q: an upstream name is a registry host or a short alias, without '/'", e)
+		}
+		if hasUpstream(specs, name) {
+			return nil, badVar("UPSTREAMS", "upstream %q is listed twice", name)
+		}
+		if !hasURL {
+			raw = "https://" + name
+			if name == "docker.io" {
+				raw = "https://registry-1.docker.io"
+			}
+		}
+		u, err := url.Parse(strings.TrimSpace(raw))
+		if err != nil || u.Scheme != "https" || u.Host == "" || (u.Path != "" && u.Path != "/") || u.RawQuery != "" {
+			return nil, badVar("UPSTREAMS", "%q: the URL must be https://host[:port] with no path (pullgate speaks TLS to upstreams too)", e)
+		}
+		if p := u.Port(); p != "" {
+			if n, err := strconv.Atoi(p); err != nil || n < 1 || n > 65535 {
+				return nil, badVar("UPSTREAMS", "%q: bad port %q", e, p)
+			}
+		}
+		u.Path = ""
+		specs = append(specs, upstreamSpec{name: name, url: u})
+	}
+	if len(specs) == 0 {
+		return nil, badVar("UPSTREAMS", "names no upstream")
+	}
+	return specs, nil
+}
+
+// applyOffline reads PULLGATE_OFFLINE: true or false for every upstream, or a list of upstream names.
+func applyOffline(specs []upstreamSpec, v string) error {
+	if b, err := strconv.ParseBool(strings.TrimSpace(v)); err == nil {
+		for i := range specs {
+			specs[i].offline = b
+		}
+		return nil
+	}
+	for _, name := range strings.Split(v, ",") {
+		name = strings.TrimSpace(name)
+		found := false
+		for i := range specs {
+			if specs[i].name == name {
+				specs[i].offline, found = true, true
+			}
+		}
+		if !found {
+			return badVar("OFFLINE", "%q is neither true/false nor an upstream in PULLGATE_UPSTREAMS", name)
+		}
+	}
+	return nil
+}
+
+func hasUpstream(specs []upstreamSpec, name string) bool {
+	for _, s := range specs {
+		if s.name == name {
+			return true
+		}
+	}
+	return false
+}
+
+// isDockerHub reports whether u is Docker Hub's registry, whose one-element names get "library/".
+func isDockerHub(u *url.URL) bool {
+	switch u.Hostname() {
+	case "registry-1.docker.io", "index.docker.io", "docker.io":
+		return true
+	}
+	return false
+}

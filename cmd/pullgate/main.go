@@ -1,0 +1,328 @@
+// Command pullgate is a pull-through caching registry proxy. `pullgate serve` runs it; `pullgate verify`
+// checks a stopped instance's data directory. Configuration is the PULLGATE_* environment (see the README).
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/authn"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/pullgate/pullgate/cache"
+	"github.com/pullgate/pullgate/certs"
+	"github.com/pullgate/pullgate/metrics"
+	"github.com/pullgate/pullgate/proxy"
+	"github.com/pullgate/pullgate/upstream"
+)
+
+const usage = `usage: pullgate <command>
+
+commands:
+  serve    run the registry cache (configuration: PULLGATE_* environment variables, see the README)
+  verify   re-hash every cached object and check the index; exit status 1 on any fault (stop pullgate first)
+`
+
+func main() {
+	os.Exit(run(os.Args[1:], environ(), os.Stdout, os.Stderr))
+}
+
+func environ() map[string]string {
+	m := map[string]string{}
+	for _, kv := range os.Environ() {
+		k, v, _ := strings.Cut(kv, "=")
+		m[k] = v
+	}
+	return m
+}
+
+// run is main without the process: it returns the exit status (2 for usage and configuration mistakes).
+func run(args []string, env map[string]string, stdout, stderr io.Writer) int {
+	if len(args) != 1 {
+		fmt.Fprint(stderr, usage)
+		return 2
+	}
+	cfg, specs, err := loadConfig(env)
+	if err != nil {
+		fmt.Fprintf(stderr, "pullgate: configuration: %v\n", err)
+		return 2
+	}
+	log := slog.New(slog.NewJSONHandler(stdout, &slog.HandlerOptions{Level: cfg.LogLevel}))
+	switch args[0] {
+	case "serve":
+		ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+		defer stop()
+		if err := serve(ctx, cfg, specs, log); err != nil {
+			log.Error("pullgate stopped", "error", err)
+			var ce *configError
+			if errors.As(err, &ce) {
+				fmt.Fprintf(stderr, "pullgate: configuration: %v\n", err)
+				return 2
+			}
+			return 1
+		}
+		return 0
+	case "verify":
+		return verify(cfg, log, stdout)
+	default:
+		fmt.Fprint(stderr, usage)
+		return 2
+	}
+}
+
+// serve runs pullgate until ctx is done, then drains in-flight pulls (bounded by ShutdownTimeout).
+func serve(ctx context.Context, cfg config, specs []upstreamSpec, log *slog.Logger) error {
+	tlsConf, err := serverTLS(cfg, log)
+	if err != nil {
+		return err
+	}
+	upstreamTransport, err := upstreamTransport(cfg.UpstreamCAFile)
+	if err != nil {
+		return err
+	}
+	var keychain authn.Keychain
+	if cfg.UpstreamAuthFile != "" {
+		af, err := upstream.NewAuthFile(cfg.UpstreamAuthFile, nil)
+		if err != nil {
+			return badVar("UPSTREAM_AUTH_FILE", "%v", err)
+		}
+		keychain = af
+	}
+	policy, err := proxy.NewPolicy(cfg.Allow, cfg.ImmutableTags)
+	if err != nil {
+		return badVar("ALLOW/PULLGATE_IMMUTABLE_TAGS", "%v", err)
+	}
+
+	c, err := cache.Open(cache.Options{Dir: cfg.DataDir, Logger: log})
+	if err != nil {
+		return fmt.Errorf("opening the cache in %s: %w", cfg.DataDir, err)
+	}
+	defer func() {
+		if err := c.Close(); err != nil {
+			log.Error("closing the cache", "error", err)
+		}
+	}()
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	m := metrics.New(reg, c.Usage)
+
+	ups, err := buildUpstreams(cfg, specs, upstreamTransport, keychain, m)
+	if err != nil {
+		return err
+	}
+	h, err := proxy.New(proxy.Options{
+		Cache:       c,
+		Upstreams:   ups,
+		Default:     cfg.DefaultUpstream,
+		TagTTL:      cfg.TagTTL,
+		NegativeTTL: cfg.NegativeTTL,
+		Policy:      policy,
+		Metrics:     m,
+		Log:         log,
+	})
+	if err != nil {
+		return err
+	}
+
+	ln, err := net.Listen("tcp", cfg.Addr)
+	if err != nil {
+		return badVar("ADDR", "cannot listen on %s: %v", cfg.Addr, err)
+	}
+	mln, err := net.Listen("tcp", cfg.MetricsAddr)
+	if err != nil {
+		ln.Close()
+		return badVar("METRICS_ADDR", "cannot listen on %s: %v", cfg.MetricsAddr, err)
+	}
+	var ready atomic.Bool
+	api := &http.Server{
+		Handler:           h,
+		TLSConfig:         tlsConf,
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
+	}
+	ops := &http.Server{Handler: opsMux(reg, &ready), ReadHeaderTimeout: 10 * time.Second}
+	errc := make(chan error, 2)
+	go func() { errc <- api.ServeTLS(ln, "", "") }()
+	go func() { errc <- ops.Serve(mln) }()
+	ready.Store(true)
+	names := make([]string, len(specs))
+	for i, s := range specs {
+		names[i] = s.name
+	}
+	log.Info("pullgate serving", "addr", ln.Addr().String(), "metrics", mln.Addr().String(),
+		"data_dir", cfg.DataDir, "upstreams", names, "default_upstream", cfg.DefaultUpstream)
+
+	select {
+	case <-ctx.Done():
+	case err := <-errc:
+		return err
+	}
+	ready.Store(false)
+	log.Info("shutting down: no new connections; waiting for in-flight pulls", "timeout", cfg.ShutdownTimeout.String())
+	sctx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
+	defer cancel()
+	err = api.Shutdown(sctx)
+	_ = ops.Shutdown(sctx)
+	if err != nil {
+		log.Warn("in-flight pulls did not finish in time; closing them", "error", err)
+		_ = api.Close()
+	}
+	return nil
+}
+
+// serverTLS returns the API listener's TLS configuration: the configured key pair, or the local CA's.
+func serverTLS(cfg config, log *slog.Logger) (*tls.Config, error) {
+	certFile, keyFile := cfg.TLSCert, cfg.TLSKey
+	if certFile == "" {
+		hosts := cfg.TLSHosts
+		if hn, err := os.Hostname(); err == nil && hn != "" {
+			hosts = append(hosts, hn)
+		}
+		local, err := certs.EnsureLocal(filepath.Join(cfg.DataDir, "tls"), hosts, time.Now())
+		if err != nil {
+			return nil, fmt.Errorf("making the local TLS certificate: %w", err)
+		}
+		certFile, keyFile = local.CertFile, local.KeyFile
+		abs, _ := filepath.Abs(local.CAFile)
+		log.Info("no PULLGATE_TLS_CERT: serving with a certificate from pullgate's local CA; clients must trust the CA file",
+			"ca", abs)
+	}
+	r, err := certs.NewReloader(certFile, keyFile, nil)
+	if err != nil {
+		return nil, badVar("TLS_CERT", "%v", err)
+	}
+	return &tls.Config{
+		MinVersion:     tls.VersionTLS12,
+		GetCertificate: r.GetCertificate,
+		NextProtos:     []string{"h2", "http/1.1"},
+	}, nil
+}
+
+// upstreamTransport is the base transport to upstreams: the system roots plus PULLGATE_UPSTREAM_CA_FILE.
+func upstreamTransport(caFile string) (*http.Transport, error) {
+	t := http.DefaultTransport.(*http.Transport).Clone()
+	t.MaxIdleConnsPerHost = 64
+	t.ForceAttemptHTTP2 = true
+	if caFile != "" {
+		pem, err := os.ReadFile(caFile)
+		if err != nil {
+			return nil, badVar("UPSTREAM_CA_FILE", "%v", err)
+		}
+		pool, err := x509.SystemCertPool()
+		if err != nil {
+			pool = x509.NewCertPool()
+		}
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, badVar("UPSTREAM_CA_FILE", "%s holds no PEM certificate", caFile)
+		}
+		t.TLSClientConfig = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
+	}
+	return t, nil
+}
+
+// buildUpstreams makes one upstream client per spec, each also reachable by its host name in ?ns=.
+func buildUpstreams(cfg config, specs []upstreamSpec, rt http.RoundTripper, kc authn.Keychain, m *metrics.Metrics) ([]proxy.Upstream, error) {
+	taken := map[string]bool{}
+	for _, s := range specs {
+		taken[s.name] = true
+	}
+	observe := func(ev upstream.Event) {
+		st := "error"
+		if ev.Status != 0 {
+			st = fmt.Sprint(ev.Status)
+		}
+		m.UpstreamRequests.WithLabelValues(ev.Upstream, ev.Kind, ev.Method, st).Inc()
+		m.UpstreamLatency.WithLabelValues(ev.Upstream, ev.Kind).Observe(ev.Duration.Seconds())
+		if ev.RateLimitRemaining >= 0 {
+			m.UpstreamRateLimitRemaining.WithLabelValues(ev.Upstream).Set(float64(ev.RateLimitRemaining))
+		}
+	}
+	var ups []proxy.Upstream
+	for _, s := range specs {
+		client, err := upstream.New(upstream.Options{
+			Name:        s.name,
+			URL:         s.url.String(),
+			Transport:   rt,
+			Keychain:    kc,
+			Offline:     s.offline,
+			Concurrency: cfg.UpstreamConcurrency,
+			Timeout:     cfg.UpstreamTimeout,
+			Observe:     observe,
+		})
+		if err != nil {
+			return nil, badVar("UPSTREAMS", "%s: %v", s.name, err)
+		}
+		u := proxy.Upstream{Name: s.name, DockerHub: isDockerHub(s.url), Fetcher: client}
+		aliases := []string{s.url.Host}
+		if u.DockerHub {
+			aliases = append(aliases, "docker.io", "registry-1.docker.io", "index.docker.io")
+		}
+		for _, a := range aliases {
+			if !taken[a] {
+				taken[a] = true
+				u.Hosts = append(u.Hosts, a)
+			}
+		}
+		ups = append(ups, u)
+	}
+	return ups, nil
+}
+
+// opsMux serves the operations listener: metrics and health.
+func opsMux(reg *prometheus.Registry, ready *atomic.Bool) http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		_, _ = io.WriteString(w, "ok\n")
+	})
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
+		if !ready.Load() {
+			http.Error(w, "not ready", http.StatusServiceUnavailable)
+			return
+		}
+		_, _ = io.WriteString(w, "ready\n")
+	})
+	return mux
+}
+
+// verify checks the data directory of a stopped pullgate.
+func verify(cfg config, log *slog.Logger, out io.Writer) int {
+	c, err := cache.Open(cache.Options{Dir: cfg.DataDir, Logger: log})
+	if err != nil {
+		fmt.Fprintf(out, "pullgate verify: cannot open %s (is pullgate still running?): %v\n", cfg.DataDir, err)
+		return 1
+	}
+	defer c.Close()
+	faults, err := c.Verify(context.Background())
+	if err != nil {
+		fmt.Fprintf(out, "pullgate verify: %v\n", err)
+		return 1
+	}
+	bytes, objects := c.Usage()
+	for _, f := range faults {
+		fmt.Fprintf(out, "FAULT %s\n", f)
+	}
+	fmt.Fprintf(out, "pullgate verify: %d objects, %d bytes, %d faults\n", objects, bytes, len(faults))
+	if len(faults) > 0 {
+		return 1
+	}
+	return 0
+}

@@ -1,0 +1,104 @@
+// Package metrics defines pullgate's Prometheus collectors. It registers them on the Registerer it is given and
+// keeps no global state; it knows nothing about HTTP routing, the cache's layout or upstream protocols.
+package metrics
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Metrics holds every collector pullgate exports. Fields are safe for concurrent use.
+type Metrics struct {
+	// Requests counts registry API requests by route family, status code and cache result.
+	Requests *prometheus.CounterVec
+	// RequestDuration observes the time to serve a registry API request, by route family.
+	RequestDuration *prometheus.HistogramVec
+	// BytesServed counts body bytes sent to clients by source: "cache" or "upstream" (streamed during a fill).
+	BytesServed *prometheus.CounterVec
+	// BytesFetched counts body bytes received from each upstream.
+	BytesFetched *prometheus.CounterVec
+	// UpstreamRequests counts requests to upstreams by upstream, kind and status ("error" when none).
+	UpstreamRequests *prometheus.CounterVec
+	// UpstreamLatency observes the time to response headers from upstreams.
+	UpstreamLatency *prometheus.HistogramVec
+	// UpstreamRateLimitRemaining is the last RateLimit-Remaining an upstream announced.
+	UpstreamRateLimitRemaining *prometheus.GaugeVec
+	// FillsInFlight is the number of upstream fills running now.
+	FillsInFlight prometheus.Gauge
+	// DigestMismatches counts upstream content that did not match its digest.
+	DigestMismatches *prometheus.CounterVec
+	// TagMutations counts revalidations that found an immutable tag re-pointed upstream.
+	TagMutations *prometheus.CounterVec
+	// PolicyDenials counts requests refused by the allow-list.
+	PolicyDenials *prometheus.CounterVec
+}
+
+// Usage reports the cache's size; it is read at scrape time.
+type Usage func() (bytes, objects int64)
+
+// New creates the collectors and registers them on reg. usage may be nil, then no cache gauges are exported.
+func New(reg prometheus.Registerer, usage Usage) *Metrics {
+	m := &Metrics{
+		Requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "pullgate_requests_total",
+			Help: "Registry API requests by route, status and cache result.",
+		}, []string{"route", "status", "cache"}),
+		RequestDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "pullgate_request_duration_seconds",
+			Help:    "Time to serve a registry API request, by route.",
+			Buckets: prometheus.ExponentialBuckets(0.0005, 4, 10),
+		}, []string{"route"}),
+		BytesServed: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "pullgate_served_bytes_total",
+			Help: "Body bytes sent to clients, by source (cache or upstream).",
+		}, []string{"source"}),
+		BytesFetched: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "pullgate_upstream_fetched_bytes_total",
+			Help: "Body bytes received from upstreams while filling the cache.",
+		}, []string{"upstream"}),
+		UpstreamRequests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "pullgate_upstream_requests_total",
+			Help: "Requests made to upstreams, by upstream, kind, method and status.",
+		}, []string{"upstream", "kind", "method", "status"}),
+		UpstreamLatency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "pullgate_upstream_request_duration_seconds",
+			Help:    "Time to response headers from upstreams.",
+			Buckets: prometheus.ExponentialBuckets(0.001, 4, 10),
+		}, []string{"upstream", "kind"}),
+		UpstreamRateLimitRemaining: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "pullgate_upstream_ratelimit_remaining",
+			Help: "The last RateLimit-Remaining value an upstream sent.",
+		}, []string{"upstream"}),
+		FillsInFlight: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "pullgate_fills_in_flight",
+			Help: "Upstream fills running now.",
+		}),
+		DigestMismatches: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "pullgate_digest_mismatches_total",
+			Help: "Upstream content refused because it did not match its digest.",
+		}, []string{"upstream"}),
+		TagMutations: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "pullgate_tag_mutations_total",
+			Help: "Immutable tags found re-pointed upstream (the cached digest kept being served).",
+		}, []string{"upstream"}),
+		PolicyDenials: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "pullgate_policy_denials_total",
+			Help: "Requests refused by the allow-list, by upstream.",
+		}, []string{"upstream"}),
+	}
+	reg.MustRegister(m.Requests, m.RequestDuration, m.BytesServed, m.BytesFetched, m.UpstreamRequests,
+		m.UpstreamLatency, m.UpstreamRateLimitRemaining, m.FillsInFlight, m.DigestMismatches, m.TagMutations,
+		m.PolicyDenials)
+	if usage != nil {
+		reg.MustRegister(
+			prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+				Name: "pullgate_cache_bytes",
+				Help: "Bytes of content stored in the cache.",
+			}, func() float64 { b, _ := usage(); return float64(b) }),
+			prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+				Name: "pullgate_cache_objects",
+				Help: "Objects (blobs and manifests) stored in the cache.",
+			}, func() float64 { _, n := usage(); return float64(n) }),
+		)
+	}
+	return m
+}

@@ -1,0 +1,314 @@
+// Package proxy is pullgate's registry API: it parses pull requests, picks the upstream, answers from the cache
+// and fills the cache from the upstream on a miss, and writes the pull log.
+//
+// It does not know how content is laid out on disk (package cache), how upstreams authenticate or rate-limit
+// (package upstream), or how it is exposed to Prometheus (package metrics). It does not listen or do TLS.
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/pullgate/pullgate/cache"
+	"github.com/pullgate/pullgate/metrics"
+	"github.com/pullgate/pullgate/upstream"
+)
+
+// Fetcher sends one request to an upstream registry. *upstream.Client is the implementation.
+type Fetcher interface {
+	Fetch(ctx context.Context, r upstream.Request) (*http.Response, error)
+}
+
+// Upstream is one configured upstream registry.
+type Upstream struct {
+	// Name is what clients call it: the ns query parameter, or the first path element ("docker.io", "hub").
+	Name string
+	// Hosts are further names that select this upstream in ns ("registry-1.docker.io", "index.docker.io").
+	Hosts []string
+	// DockerHub adds "library/" to single-element repository names, as Docker Hub expects.
+	DockerHub bool
+	// Fetcher talks to it. Required.
+	Fetcher Fetcher
+}
+
+// Options configures New. Each field's comment says what its zero value means.
+type Options struct {
+	// Cache stores content and the index. Required.
+	Cache *cache.Cache
+	// Upstreams are the registries pullgate may pull from. Requests that name no configured upstream are refused.
+	Upstreams []Upstream
+	// Default names the upstream for requests that name none; empty means such requests are refused.
+	Default string
+	// TagTTL is how long a tag's digest is served without asking the upstream. Zero means 5 minutes.
+	TagTTL time.Duration
+	// NegativeTTL is how long "this manifest does not exist upstream" is remembered. Zero means 30 seconds.
+	NegativeTTL time.Duration
+	// FillTimeout bounds one upstream fill of a blob, independent of the clients waiting on it. Zero means 1 hour.
+	FillTimeout time.Duration
+	// MaxManifestSize is the largest manifest accepted from an upstream. Zero means 4 MiB.
+	MaxManifestSize int64
+	// Policy decides which repositories may be pulled and which tags are immutable. Zero allows everything.
+	Policy Policy
+	// Metrics receives the counters; nil means a private, unexported set.
+	Metrics *metrics.Metrics
+	// Log receives the pull log (one line per request) and errors; nil means slog.Default().
+	Log *slog.Logger
+	// Now is the clock; nil means time.Now.
+	Now func() time.Time
+}
+
+func (o Options) withDefaults() Options {
+	if o.TagTTL == 0 {
+		o.TagTTL = 5 * time.Minute
+	}
+	if o.NegativeTTL == 0 {
+		o.NegativeTTL = 30 * time.Second
+	}
+	if o.FillTimeout == 0 {
+		o.FillTimeout = time.Hour
+	}
+	if o.MaxManifestSize == 0 {
+		o.MaxManifestSize = 4 << 20
+	}
+	if o.Metrics == nil {
+		o.Metrics = metrics.New(prometheus.NewRegistry(), nil)
+	}
+	if o.Log == nil {
+		o.Log = slog.Default()
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	return o
+}
+
+// Handler serves the pull side of the OCI distribution API.
+type Handler struct {
+	opts      Options
+	upstreams map[string]*Upstream // by Name and by each of Hosts
+	fills     fills
+	manifests manifestFlights
+}
+
+// New returns the registry API handler.
+func New(opts Options) (*Handler, error) {
+	if opts.Cache == nil {
+		return nil, errors.New("proxy: Options.Cache is required")
+	}
+	h := &Handler{opts: opts.withDefaults(), upstreams: map[string]*Upstream{}}
+	for i := range opts.Upstreams {
+		u := &opts.Upstreams[i]
+		if u.Fetcher == nil || u.Name == "" {
+			return nil, fmt.Errorf("proxy: upstream %d needs a Name and a Fetcher", i)
+		}
+		for _, n := range append([]string{u.Name}, u.Hosts...) {
+			if _, dup := h.upstreams[n]; dup {
+				return nil, fmt.Errorf("proxy: upstream name %q is configured twice", n)
+			}
+			h.upstreams[n] = u
+		}
+	}
+	if opts.Default != "" && h.upstreams[opts.Default] == nil {
+		return nil, fmt.Errorf("proxy: default upstream %q is not configured", opts.Default)
+	}
+	return h, nil
+}
+
+// request is one API request after routing: where it goes, and what the pull log will say about it.
+type request struct {
+	route
+	up   *Upstream
+	repo string // repository at the upstream ("library/nginx")
+	ns   string // the ns query parameter as sent, echoed in OCI-Namespace
+
+	// Filled in by handlers for the pull log.
+	cache     string // hit, miss, stale, revalidated
+	digest    string
+	mediaType string
+	note      string // tag_mutation and the like
+}
+
+// ServeHTTP routes one request, lets the route's handler answer, and writes the pull log line.
+func (h *Handler) ServeHTTP(rw http.ResponseWriter, r *http.Request) {
+	start := h.opts.Now()
+	w := &recorder{ResponseWriter: rw}
+	req, err := h.route(r)
+	if err == nil {
+		err = h.serve(w, r, req)
+	}
+	var ae *apiError
+	if err != nil {
+		ae = toAPIError(err, req.kind)
+		if errors.Is(err, context.Canceled) && r.Context().Err() != nil {
+			ae.message = "client went away"
+		}
+		writeError(w, r, ae)
+	}
+	h.logPull(r, req, w, ae, start)
+	if ae != nil && w.streamed {
+		// The body had started: the only honest thing left is to cut the stream so the client sees an error.
+		panic(http.ErrAbortHandler)
+	}
+}
+
+func (h *Handler) serve(w *recorder, r *http.Request, req *request) error {
+	w.Header().Set("Docker-Distribution-API-Version", "registry/2.0")
+	if req.ns != "" {
+		w.Header().Set("OCI-Namespace", req.ns)
+	}
+	if r.Method != http.MethodGet && r.Method != http.MethodHead {
+		return &apiError{code: codeUnsupported, message: fmt.Sprintf("pullgate is a read-only pull-through cache: %s is not supported", r.Method)}
+	}
+	switch req.kind {
+	case kindBase:
+		w.Header().Set("Content-Type", "application/json")
+		w.Header().Set("Content-Length", "2")
+		w.WriteHeader(http.StatusOK)
+		if r.Method == http.MethodGet {
+			_, _ = io.WriteString(w, "{}")
+		}
+		return nil
+	case kindManifests:
+		return h.serveManifest(w, r, req)
+	case kindBlobs:
+		return h.serveBlob(w, r, req)
+	case kindTags:
+		return h.serveTags(w, r, req)
+	case kindReferrers:
+		return h.serveReferrers(w, r, req)
+	}
+	return errorf(codeNotFound, "no such route")
+}
+
+// route parses the path and picks the upstream: ?ns=, else a first path element that names an upstream, else
+// the default.
+func (h *Handler) route(r *http.Request) (*request, error) {
+	rt, err := parseRoute(r.URL.EscapedPath())
+	req := &request{route: rt}
+	if err != nil || rt.kind == kindBase {
+		return req, err
+	}
+	req.repo = rt.name
+	if ns := r.URL.Query().Get("ns"); ns != "" {
+		req.ns = ns
+		req.up = h.upstreams[ns]
+		if req.up == nil {
+			return req, errorf(codeNameUnknown, "ns=%q names no upstream configured in pullgate (configured: %s)", ns, strings.Join(h.names(), ", "))
+		}
+	} else if first, rest, ok := strings.Cut(rt.name, "/"); ok && h.upstreams[first] != nil {
+		req.up, req.repo = h.upstreams[first], rest
+	} else if h.opts.Default != "" {
+		req.up = h.upstreams[h.opts.Default]
+	} else {
+		return req, errorf(codeNameUnknown, "%q names no configured upstream and no default upstream is set", rt.name)
+	}
+	if req.up.DockerHub && !strings.Contains(req.repo, "/") {
+		req.repo = "library/" + req.repo
+	}
+	if !h.opts.Policy.allowed(req.up.Name, req.repo) {
+		h.opts.Metrics.PolicyDenials.WithLabelValues(req.up.Name).Inc()
+		return req, errorf(codeDenied, "%s/%s is not on pullgate's allow-list", req.up.Name, req.repo)
+	}
+	return req, nil
+}
+
+func (h *Handler) names() []string {
+	var names []string
+	for n := range h.upstreams {
+		names = append(names, n)
+	}
+	slices.Sort(names)
+	return names
+}
+
+// fetch asks req's upstream for one object of req's repository.
+func (h *Handler) fetch(ctx context.Context, req *request, method string, k kind, ref string, hdr http.Header) (*http.Response, error) {
+	kindPath := string(k)
+	if k == kindTags {
+		kindPath = "tags/list"
+	}
+	return req.up.Fetcher.Fetch(ctx, upstream.Request{Method: method, Repo: req.repo, Kind: kindPath, Ref: ref, Header: hdr})
+}
+
+// recorder remembers what was sent, for the pull log and for writeError.
+type recorder struct {
+	http.ResponseWriter
+	status   int
+	bytes    int64
+	streamed bool // body bytes went out
+}
+
+func (w *recorder) WriteHeader(code int) {
+	if w.status == 0 {
+		w.status = code
+	}
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *recorder) Write(p []byte) (int, error) {
+	if w.status == 0 {
+		w.status = http.StatusOK
+	}
+	n, err := w.ResponseWriter.Write(p)
+	w.bytes += int64(n)
+	if n > 0 {
+		w.streamed = true
+	}
+	return n, err
+}
+
+// Unwrap lets http.ResponseController reach the underlying writer.
+func (w *recorder) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+// logPull writes the pull log line and counts the request.
+func (h *Handler) logPull(r *http.Request, req *request, w *recorder, ae *apiError, start time.Time) {
+	d := h.opts.Now().Sub(start)
+	st := w.status
+	if st == 0 {
+		st = http.StatusOK
+	}
+	up := ""
+	if req.up != nil {
+		up = req.up.Name
+	}
+	kindLabel := string(req.kind)
+	if kindLabel == "" {
+		kindLabel = "invalid"
+	}
+	h.opts.Metrics.Requests.WithLabelValues(kindLabel, fmt.Sprint(st), req.cache).Inc()
+	h.opts.Metrics.RequestDuration.WithLabelValues(kindLabel).Observe(d.Seconds())
+	attrs := []slog.Attr{
+		slog.String("remote", r.RemoteAddr),
+		slog.String("method", r.Method),
+		slog.String("path", r.URL.Path),
+		slog.String("upstream", up),
+		slog.String("repository", req.repo),
+		slog.String("reference", req.ref),
+		slog.String("digest", req.digest),
+		slog.String("media_type", req.mediaType),
+		slog.Int("status", st),
+		slog.Int64("bytes", w.bytes),
+		slog.String("cache", req.cache),
+		slog.Duration("duration", d),
+		slog.String("user_agent", r.UserAgent()),
+	}
+	if req.note != "" {
+		attrs = append(attrs, slog.String("event", req.note))
+	}
+	level := slog.LevelInfo
+	if ae != nil {
+		attrs = append(attrs, slog.String("error_code", string(ae.code)), slog.String("error", ae.Error()))
+		if st >= 500 {
+			level = slog.LevelWarn
+		}
+	}
+	h.opts.Log.LogAttrs(r.Context(), level, "pull", attrs...)
+}

@@ -1,0 +1,144 @@
+package proxy
+
+import (
+	"fmt"
+	"regexp"
+	"strings"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+)
+
+// kind is the route family of a registry API request.
+type kind string
+
+const (
+	kindBase      kind = "base"
+	kindManifests kind = "manifests"
+	kindBlobs     kind = "blobs"
+	kindTags      kind = "tags"
+	kindReferrers kind = "referrers"
+)
+
+// route is a parsed /v2/<name>/<kind>/<ref> path. It is parsed once per request.
+type route struct {
+	kind kind
+	// name is the repository as the client wrote it, path prefix included ("docker.io/library/nginx").
+	name string
+	// ref is the tag or digest (manifests), the digest (blobs, referrers) or empty.
+	ref string
+}
+
+const (
+	maxNameLength = 255
+	maxTagLength  = 128
+)
+
+var (
+	// nameComponent is one path component of a repository name (OCI distribution spec).
+	nameComponent = regexp.MustCompile(`^[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*$`)
+	tagPattern    = regexp.MustCompile(`^[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}$`)
+	algPattern    = regexp.MustCompile(`^[a-z0-9]+([+._-][a-z0-9]+)*$`)
+	hexPattern    = regexp.MustCompile(`^[a-f0-9]+$`)
+)
+
+// parseRoute parses the escaped path of a registry API request. It refuses encoded characters, dot segments
+// and anything that is not a valid repository name, tag or digest, with an OCI error saying which.
+func parseRoute(escapedPath string) (route, error) {
+	if escapedPath == "/v2" || escapedPath == "/v2/" {
+		return route{kind: kindBase}, nil
+	}
+	rest, ok := strings.CutPrefix(escapedPath, "/v2/")
+	if !ok {
+		return route{}, errorf(codeNotFound, "not a registry API path: %q", escapedPath)
+	}
+	if strings.ContainsAny(rest, "%\x00\\") {
+		return route{}, errorf(codeNameInvalid, "encoded or control characters are not allowed in registry paths")
+	}
+	var r route
+	switch {
+	case strings.HasSuffix(rest, "/tags/list"):
+		r.kind, r.name = kindTags, strings.TrimSuffix(rest, "/tags/list")
+	default:
+		i := strings.LastIndexByte(rest, '/')
+		j := -1
+		if i > 0 {
+			j = strings.LastIndexByte(rest[:i], '/')
+		}
+		if j < 0 {
+			return route{}, errorf(codeNotFound, "not a registry API path: %q", escapedPath)
+		}
+		r.name, r.ref = rest[:j], rest[i+1:]
+		switch kind(rest[j+1 : i]) {
+		case kindManifests:
+			r.kind = kindManifests
+		case kindBlobs:
+			r.kind = kindBlobs
+		case kindReferrers:
+			r.kind = kindReferrers
+		default:
+			return route{}, errorf(codeNotFound, "not a registry API path: %q", escapedPath)
+		}
+	}
+	if err := validateName(r.name); err != nil {
+		return route{}, err
+	}
+	switch r.kind {
+	case kindManifests:
+		if strings.Contains(r.ref, ":") {
+			if _, err := parseDigest(r.ref); err != nil {
+				return route{}, err
+			}
+		} else if !tagPattern.MatchString(r.ref) {
+			return route{}, errorf(codeManifestInvalid, "invalid tag %q: a tag is up to 128 of [A-Za-z0-9_.-] and does not start with '.' or '-'", r.ref)
+		}
+	case kindBlobs, kindReferrers:
+		if _, err := parseDigest(r.ref); err != nil {
+			return route{}, err
+		}
+	}
+	return r, nil
+}
+
+// validateName checks a repository name (with any upstream prefix) against the OCI grammar. Upstream names in
+// the first component may carry a port ("localhost:5000"), which the grammar allows for registry hosts.
+func validateName(name string) error {
+	if name == "" {
+		return errorf(codeNameInvalid, "empty repository name")
+	}
+	if len(name) > maxNameLength {
+		return errorf(codeNameInvalid, "repository name is %d characters, the limit is %d", len(name), maxNameLength)
+	}
+	for i, c := range strings.Split(name, "/") {
+		if i == 0 && strings.Contains(c, ":") {
+			host, port, _ := strings.Cut(c, ":")
+			if nameComponent.MatchString(host) && port != "" && strings.Trim(port, "0123456789") == "" {
+				continue
+			}
+		}
+		if !nameComponent.MatchString(c) {
+			return errorf(codeNameInvalid, "invalid repository name %q: component %q must match [a-z0-9]+([._-][a-z0-9]+)*", name, c)
+		}
+	}
+	return nil
+}
+
+// parseDigest parses "<algorithm>:<encoded>" and accepts the algorithms pullgate can verify.
+func parseDigest(s string) (v1.Hash, error) {
+	alg, enc, ok := strings.Cut(s, ":")
+	if !ok || !algPattern.MatchString(alg) || enc == "" {
+		return v1.Hash{}, errorf(codeDigestInvalid, "invalid digest %q: want <algorithm>:<hex>", s)
+	}
+	want := map[string]int{"sha256": 64, "sha512": 128}[alg]
+	if want == 0 {
+		return v1.Hash{}, errorf(codeDigestInvalid, "unsupported digest algorithm %q: pullgate verifies sha256 and sha512", alg)
+	}
+	if len(enc) != want || !hexPattern.MatchString(enc) {
+		return v1.Hash{}, errorf(codeDigestInvalid, "invalid %s digest %q: want %d lowercase hex characters", alg, s, want)
+	}
+	return v1.Hash{Algorithm: alg, Hex: enc}, nil
+}
+
+// isDigest reports whether a manifest reference is a digest rather than a tag.
+func isDigest(ref string) bool { return strings.Contains(ref, ":") }
+
+func (r route) String() string { return fmt.Sprintf("%s %s %s", r.kind, r.name, r.ref) }
