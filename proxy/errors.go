@@ -152,7 +152,7 @@ func writeError(w *recorder, r *http.Request, ae *apiError) {
 		st = status[ae.code]
 	}
 	h := w.Header()
-	for _, k := range []string{"Content-Length", "Content-Range", "Docker-Content-Digest", "Etag", "Accept-Ranges"} {
+	for _, k := range []string{"Content-Length", "Docker-Content-Digest", "Etag", "Accept-Ranges"} {
 		h.Del(k)
 	}
 	h.Set("Content-Type", "application/json")

@@ -145,6 +145,7 @@ func (h *Handler) ServeHTTP(rw http.ResponseWriter, r *http.Request) {
 		err = h.serve(w, r, req)
 	}
 	var ae *apiError
+	started := w.status != 0 // headers went out before the error: it cannot be reported in a body
 	if err != nil {
 		ae = toAPIError(err, req.kind)
 		if errors.Is(err, context.Canceled) && r.Context().Err() != nil {
@@ -153,8 +154,8 @@ func (h *Handler) ServeHTTP(rw http.ResponseWriter, r *http.Request) {
 		writeError(w, r, ae)
 	}
 	h.logPull(r, req, w, ae, start)
-	if ae != nil && w.streamed {
-		// The body had started: the only honest thing left is to cut the stream so the client sees an error.
+	if ae != nil && started {
+		// The response had started: the only honest thing left is to cut the stream so the client sees an error.
 		panic(http.ErrAbortHandler)
 	}
 }
@@ -241,9 +242,8 @@ func (h *Handler) fetch(ctx context.Context, req *request, method string, k kind
 // recorder remembers what was sent, for the pull log and for writeError.
 type recorder struct {
 	http.ResponseWriter
-	status   int
-	bytes    int64
-	streamed bool // body bytes went out
+	status int
+	bytes  int64
 }
 
 func (w *recorder) WriteHeader(code int) {
@@ -259,9 +259,6 @@ func (w *recorder) Write(p []byte) (int, error) {
 	}
 	n, err := w.ResponseWriter.Write(p)
 	w.bytes += int64(n)
-	if n > 0 {
-		w.streamed = true
-	}
 	return n, err
 }
 

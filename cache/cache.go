@@ -1,0 +1,79 @@
+// Package cache keeps registry content on disk, addressed by digest, with a badger index of objects, tags,
+// repository links and access times.
+//
+// It knows nothing about HTTP, upstream registries or clients: an "upstream" here is only a name that scopes
+// tags and repository links. Every byte it keeps was hashed while it was written and renamed into place only
+// when the digest matched; a crash leaves temp files, which Open removes.
+package cache
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+)
+
+// ErrNotFound is the only error that means "not cached". Any other error from the cache is a fault.
+var ErrNotFound = errors.New("not found in cache")
+
+// ErrUnsupportedDigest is returned for digest algorithms the cache cannot verify (only sha256 and sha512).
+var ErrUnsupportedDigest = errors.New("unsupported digest algorithm")
+
+// DigestMismatchError says that content did not hash to the digest it was written under.
+type DigestMismatchError struct {
+	Want v1.Hash
+	Got  v1.Hash
+	Size int64 // bytes actually written
+}
+
+func (e *DigestMismatchError) Error() string {
+	return fmt.Sprintf("digest mismatch: want %s, content hashes to %s (%d bytes)", e.Want, e.Got, e.Size)
+}
+
+// SizeMismatchError says that content was not the size it was announced to be.
+type SizeMismatchError struct {
+	Digest    v1.Hash
+	Want, Got int64
+}
+
+func (e *SizeMismatchError) Error() string {
+	return fmt.Sprintf("size mismatch for %s: want %d bytes, got %d", e.Digest, e.Want, e.Got)
+}
+
+// Options configures Open. The zero value of every field but Dir is usable.
+type Options struct {
+	// Dir is the data directory. Content lives in Dir/blobs/<alg>/<first two hex>/<hex>, temp files in
+	// Dir/tmp, the badger index in Dir/index. Required.
+	Dir string
+	// Now is the clock; nil means time.Now.
+	Now func() time.Time
+	// Logger receives repair and maintenance messages; nil means slog.Default().
+	Logger *slog.Logger
+}
+
+// Object describes one stored piece of content.
+type Object struct {
+	Digest    v1.Hash
+	Size      int64
+	MediaType string // as the upstream announced it; empty for blobs when unknown
+	Stored    time.Time
+}
+
+// TagEntry is what the index knows about one tag of one repository.
+type TagEntry struct {
+	Digest    v1.Hash
+	MediaType string
+	Size      int64
+	Fetched   time.Time // when the upstream last confirmed this digest for the tag
+}
+
+// Fault is one problem Verify found.
+type Fault struct {
+	Digest  string // may be empty when the problem is a stray file
+	Path    string
+	Problem string
+}
+
+func (f Fault) String() string { return fmt.Sprintf("%s %s: %s", f.Digest, f.Path, f.Problem) }
