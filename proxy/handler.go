@@ -294,7 +294,7 @@ func (h *Handler) logPull(r *http.Request, req *request, w *recorder, ae *apiErr
 		slog.Int("status", st),
 		slog.Int64("bytes", w.bytes),
 		slog.String("cache", req.cache),
-		slog.Duration("duration", d),
+		slog.Float64("duration_ms", float64(d.Microseconds())/1000),
 		slog.String("user_agent", r.UserAgent()),
 	}
 	if req.note != "" {

@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net"
 	"net/url"
+	"reflect"
 	"strconv"
 	"strings"
 	"time"
@@ -60,7 +61,7 @@ func loadConfig(environ map[string]string) (config, []upstreamSpec, error) {
 		if errors.As(err, &agg) {
 			var msgs []string
 			for _, e := range agg.Errors {
-				msgs = append(msgs, e.Error())
+				msgs = append(msgs, describeEnvError(e))
 			}
 			return c, nil, &configError{msg: strings.Join(msgs, "; ")}
 		}
@@ -96,6 +97,17 @@ func loadConfig(environ map[string]string) (config, []upstreamSpec, error) {
 		return c, nil, badVar("DEFAULT_UPSTREAM", "%q is not in PULLGATE_UPSTREAMS; set it to one of them, or to empty to refuse requests that name no upstream", c.DefaultUpstream)
 	}
 	return c, specs, nil
+}
+
+// describeEnvError names the variable behind a parse error (the env library names the struct field).
+func describeEnvError(err error) string {
+	var pe env.ParseError
+	if errors.As(err, &pe) {
+		if f, ok := reflect.TypeOf(config{}).FieldByName(pe.Name); ok {
+			return fmt.Sprintf("PULLGATE_%s: %v", f.Tag.Get("env"), pe.Err)
+		}
+	}
+	return err.Error()
 }
 
 // parseUpstreams reads "name[=url]" entries. The URL defaults to https://<name>, and to Docker Hub's registry
