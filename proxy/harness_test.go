@@ -182,7 +182,13 @@ type env struct {
 
 func newEnv(t *testing.T, tweak ...func(*Options)) *env {
 	t.Helper()
-	e := &env{t: t, up: newFakeUpstream(t, registry.WithReferrersSupport(false)), dir: t.TempDir(),
+	return newEnvWithRegistry(t, nil, tweak...)
+}
+
+// newEnvWithRegistry is newEnv with options for the upstream registry.
+func newEnvWithRegistry(t *testing.T, regOpts []registry.Option, tweak ...func(*Options)) *env {
+	t.Helper()
+	e := &env{t: t, up: newFakeUpstream(t, regOpts...), dir: t.TempDir(),
 		clock: &clock{t: time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)}, logs: &syncBuffer{}}
 	client, err := upstream.New(upstream.Options{
 		Name: "local", URL: e.up.srv.URL, Transport: e.up.srv.Client().Transport, Now: e.clock.Now,
