@@ -151,6 +151,12 @@ func (s *syncBuffer) Write(p []byte) (int, error) {
 	return s.b.Write(p)
 }
 
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
 // lines returns the pull log lines decoded.
 func (s *syncBuffer) lines() []map[string]any {
 	s.mu.Lock()
