@@ -206,9 +206,9 @@ func (h *Handler) startFill(ctx context.Context, req *request, d v1.Hash) (*fill
 	}
 	f := &fill{up: req.up.Name, repo: req.repo, ready: make(chan struct{})}
 	h.fills.m[d] = f
-	fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), h.opts.FillTimeout)
+	fctx, done := h.detached(ctx)
 	go func() {
-		defer cancel()
+		defer done()
 		h.runFill(fctx, &request{up: req.up, repo: req.repo}, d, f)
 		h.fills.mu.Lock()
 		delete(h.fills.m, d)
@@ -293,10 +293,27 @@ func (h *Handler) serveFromFill(w *recorder, r *http.Request, req *request, d v1
 	if length >= 0 {
 		src = io.LimitReader(rd, length)
 	}
-	n, err := copyBuffered(w, src)
+	// Bytes go out as they arrive: headers now, and each chunk when written, not when a buffer fills.
+	fw := flushWriter{w: w, rc: http.NewResponseController(w)}
+	_ = fw.rc.Flush()
+	n, err := copyBuffered(fw, src)
 	h.opts.Metrics.BytesServed.WithLabelValues("upstream").Add(float64(n))
 	if err == nil && length >= 0 && n < length {
 		err = fmt.Errorf("blob %s ended after %d of %d bytes", d, n, length)
 	}
 	return err
+}
+
+// flushWriter flushes the response after every write, for streams whose source is slower than the client.
+type flushWriter struct {
+	w  io.Writer
+	rc *http.ResponseController
+}
+
+func (f flushWriter) Write(p []byte) (int, error) {
+	n, err := f.w.Write(p)
+	if err == nil {
+		err = f.rc.Flush()
+	}
+	return n, err
 }

@@ -119,6 +119,8 @@ func toAPIError(err error, k kind) *apiError {
 		default:
 			return &apiError{code: codeUnknown, status: http.StatusBadGateway, message: msg, cause: err}
 		}
+	case errors.Is(err, upstream.ErrInvalidRequest):
+		return &apiError{code: codeNameInvalid, message: err.Error(), cause: err}
 	case errors.Is(err, upstream.ErrOffline):
 		return &apiError{code: unknownCode(k), message: "not cached, and the upstream is offline: " + err.Error(), cause: err}
 	case errors.Is(err, upstream.ErrUnavailable):

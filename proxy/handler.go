@@ -14,6 +14,7 @@ import (
 	"net/http"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -96,6 +97,12 @@ type Handler struct {
 	upstreams map[string]*Upstream // by Name and by each of Hosts
 	fills     fills
 	manifests manifestFlights
+
+	// background counts fills and flights, which outlive the requests that started them; stopping is closed
+	// by Shutdown to cancel those still running when its deadline passes.
+	background sync.WaitGroup
+	stopOnce   sync.Once
+	stopping   chan struct{}
 }
 
 // New returns the registry API handler.
@@ -103,7 +110,7 @@ func New(opts Options) (*Handler, error) {
 	if opts.Cache == nil {
 		return nil, errors.New("proxy: Options.Cache is required")
 	}
-	h := &Handler{opts: opts.withDefaults(), upstreams: map[string]*Upstream{}}
+	h := &Handler{opts: opts.withDefaults(), upstreams: map[string]*Upstream{}, stopping: make(chan struct{})}
 	for i := range opts.Upstreams {
 		u := &opts.Upstreams[i]
 		if u.Fetcher == nil || u.Name == "" {
@@ -120,6 +127,39 @@ func New(opts Options) (*Handler, error) {
 		return nil, fmt.Errorf("proxy: default upstream %q is not configured", opts.Default)
 	}
 	return h, nil
+}
+
+// Shutdown waits for the background work that outlives requests (blob fills, manifest fetches) to finish,
+// and cancels what still runs when ctx is done. Call it after the HTTP server stopped, before closing the cache.
+func (h *Handler) Shutdown(ctx context.Context) error {
+	done := make(chan struct{})
+	go func() { h.background.Wait(); close(done) }()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+	}
+	h.stopOnce.Do(func() { close(h.stopping) })
+	<-done
+	return ctx.Err()
+}
+
+// detached returns a context for background work started by a request: not cancelled when the client goes
+// away, bounded by FillTimeout, cancelled by Shutdown. done must be called when the work ends.
+func (h *Handler) detached(ctx context.Context) (fctx context.Context, done func()) {
+	h.background.Add(1)
+	fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), h.opts.FillTimeout)
+	go func() {
+		select {
+		case <-h.stopping:
+			cancel()
+		case <-fctx.Done():
+		}
+	}()
+	return fctx, func() {
+		cancel()
+		h.background.Done()
+	}
 }
 
 // request is one API request after routing: where it goes, and what the pull log will say about it.
@@ -206,6 +246,8 @@ func (h *Handler) route(r *http.Request) (*request, error) {
 		}
 	} else if first, rest, ok := strings.Cut(rt.name, "/"); ok && h.upstreams[first] != nil {
 		req.up, req.repo = h.upstreams[first], rest
+	} else if ok && strings.Contains(first, ":") {
+		return req, errorf(codeNameUnknown, "%q names no upstream configured in pullgate (configured: %s)", first, strings.Join(h.names(), ", "))
 	} else if h.opts.Default != "" {
 		req.up = h.upstreams[h.opts.Default]
 	} else {
@@ -213,6 +255,9 @@ func (h *Handler) route(r *http.Request) (*request, error) {
 	}
 	if req.up.DockerHub && !strings.Contains(req.repo, "/") {
 		req.repo = "library/" + req.repo
+	}
+	if len(req.repo) > maxNameLength {
+		return req, errorf(codeNameInvalid, "repository name %q at upstream %s is %d characters, the limit is %d", req.repo, req.up.Name, len(req.repo), maxNameLength)
 	}
 	if !h.opts.Policy.allowed(req.up.Name, req.repo) {
 		h.opts.Metrics.PolicyDenials.WithLabelValues(req.up.Name).Inc()

@@ -243,6 +243,11 @@ func (e *env) stop() {
 	if e.srv != nil {
 		e.srv.Close()
 		e.srv = nil
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if err := e.h.Shutdown(ctx); err != nil {
+			e.t.Errorf("background work outlived shutdown: %v", err)
+		}
 	}
 	if e.cache != nil {
 		if err := e.cache.Close(); err != nil {

@@ -400,8 +400,8 @@ func (h *Handler) confirmLink(ctx context.Context, req *request, k kind, d v1.Ha
 // caller stops waiting when its own ctx is done.
 func (h *Handler) flight(ctx context.Context, key string, fn func(context.Context) (any, error)) (any, error) {
 	ch := h.manifests.DoChan(key, func() (any, error) {
-		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), h.opts.FillTimeout)
-		defer cancel()
+		fctx, done := h.detached(ctx)
+		defer done()
 		return fn(fctx)
 	})
 	select {

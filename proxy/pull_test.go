@@ -509,3 +509,42 @@ func TestBlobRanges(t *testing.T) {
 		})
 	}
 }
+
+// TestShutdownCancelsDetachedFills: a fill whose clients left keeps running until Shutdown's deadline, then is
+// cancelled, leaving nothing on disk.
+func TestShutdownCancelsDetachedFills(t *testing.T) {
+	e := newEnv(t)
+	blob, d := layerBlob(t, 1<<20)
+	e.up.setFault(func(w http.ResponseWriter, r *http.Request) bool {
+		if r.Method != http.MethodGet || routeKind(r.URL.Path) != "blobs" {
+			return false
+		}
+		w.Header().Set("Content-Length", "1048576")
+		_, _ = w.Write(blob[:1000])
+		w.(http.Flusher).Flush()
+		<-r.Context().Done() // never finishes
+		return true
+	})
+	ctx, cancel := context.WithCancel(context.Background())
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, e.srv.URL+"/v2/local/team/hang/blobs/"+d.String(), nil)
+	resp, err := e.srv.Client().Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cancel()
+	resp.Body.Close()
+	if got := e.counter(e.m.FillsInFlight); got != 1 {
+		t.Fatalf("fills in flight = %v, want the detached fill still running", got)
+	}
+	sctx, scancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer scancel()
+	if err := e.h.Shutdown(sctx); err == nil {
+		t.Fatal("Shutdown returned nil although a fill outlived its deadline")
+	}
+	if got := e.counter(e.m.FillsInFlight); got != 0 {
+		t.Fatalf("fills in flight after Shutdown = %v", got)
+	}
+	if content, temp := e.storedFiles(); len(content)+len(temp) != 0 {
+		t.Fatalf("files left: %v %v", content, temp)
+	}
+}

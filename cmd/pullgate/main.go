@@ -179,12 +179,14 @@ func serve(ctx context.Context, cfg config, specs []upstreamSpec, log *slog.Logg
 	log.Info("shutting down: no new connections; waiting for in-flight pulls", "timeout", cfg.ShutdownTimeout.String())
 	sctx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
 	defer cancel()
-	err = api.Shutdown(sctx)
-	_ = ops.Shutdown(sctx)
-	if err != nil {
+	if err := api.Shutdown(sctx); err != nil {
 		log.Warn("in-flight pulls did not finish in time; closing them", "error", err)
 		_ = api.Close()
 	}
+	if err := h.Shutdown(sctx); err != nil {
+		log.Warn("cache fills did not finish in time; cancelled them", "error", err)
+	}
+	_ = ops.Shutdown(sctx)
 	return nil
 }
 
@@ -221,6 +223,8 @@ func upstreamTransport(caFile string) (*http.Transport, error) {
 	t := http.DefaultTransport.(*http.Transport).Clone()
 	t.MaxIdleConnsPerHost = 64
 	t.ForceAttemptHTTP2 = true
+	// Content is verified byte for byte: never let the transport decompress a body on the way.
+	t.DisableCompression = true
 	if caFile != "" {
 		pem, err := os.ReadFile(caFile)
 		if err != nil {

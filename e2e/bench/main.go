@@ -1,0 +1,602 @@
+// Command bench measures pullgate beside distribution's pull-through cache (docker-registry in proxy mode, "the
+// peer") and the plain upstream, on loopback, in one run, and prints one table.
+//
+// Run it from the module root: go run ./e2e/bench [-duration 4s]. It needs docker-registry (Debian's
+// distribution 2.8) and builds ./cmd/pullgate. Both caches reach the upstream through their own counting proxy,
+// and "direct" pulls go through a third, so that every path has the same extra hop.
+package main
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"flag"
+	"fmt"
+	"io"
+	"log"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/pullgate/pullgate/e2e"
+)
+
+var (
+	duration  = flag.Duration("duration", 3*time.Second, "length of each load run")
+	rounds    = flag.Int("rounds", 2, "load runs per target, interleaved between targets, added up")
+	dataDir   = flag.String("data-dir", "", "pullgate's data directory (default: in the work directory)")
+	conns     = flag.Int("conns", 64, "connections for the manifest runs")
+	blobConns = flag.Int("blob-conns", 8, "connections for the blob runs")
+	coldRuns  = flag.Int("cold-runs", 5, "cold pulls per target (the median is reported)")
+	layerSize = flag.Int64("layer-size", 2<<20, "bytes of random data in each layer of the cold 10-layer image")
+	keep      = flag.Bool("keep", false, "keep the work directory")
+)
+
+func main() {
+	flag.Parse()
+	log.SetFlags(log.Ltime)
+	log.SetOutput(os.Stderr)
+	if err := run(); err != nil {
+		log.Fatal(err)
+	}
+}
+
+// target is one registry that clients pull from.
+type target struct {
+	name  string
+	url   string // https://host:port
+	host  string
+	count *e2e.CountingProxy // its path to the upstream
+}
+
+func run() error {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	dir, err := os.MkdirTemp("", "pullgate-bench-")
+	if err != nil {
+		return err
+	}
+	if *keep {
+		log.Printf("work directory %s", dir)
+	} else {
+		defer os.RemoveAll(dir)
+	}
+	logDir := filepath.Join(dir, "logs")
+	if err := os.MkdirAll(logDir, 0o755); err != nil {
+		return err
+	}
+	root, err := e2e.ModuleRoot()
+	if err != nil {
+		return err
+	}
+	log.Printf("building pullgate")
+	bin, err := e2e.BuildPullgate(ctx, root, dir)
+	if err != nil {
+		return err
+	}
+	ca, err := e2e.NewCA(dir)
+	if err != nil {
+		return err
+	}
+	certFile, keyFile, err := ca.Issue(dir, "loopback", e2e.LoopbackHosts()...)
+	if err != nil {
+		return err
+	}
+	rt := e2e.Transport(ca.Pool)
+
+	log.Printf("starting the upstream, pullgate and the peer")
+	up, err := e2e.StartRegistry(ctx, e2e.RegistryOptions{Name: "upstream", Dir: filepath.Join(dir, "upstream"), LogDir: logDir,
+		CertFile: certFile, KeyFile: keyFile, CA: ca})
+	if err != nil {
+		return err
+	}
+	defer up.Kill()
+	var proxies [3]*e2e.CountingProxy
+	for i := range proxies {
+		if proxies[i], err = e2e.StartCountingProxy(up.URL, ca, certFile, keyFile); err != nil {
+			return err
+		}
+		defer proxies[i].Close()
+	}
+	pgData := *dataDir
+	if pgData == "" {
+		pgData = filepath.Join(dir, "pullgate-data")
+	}
+	pg, err := e2e.StartPullgate(ctx, e2e.PullgateOptions{Bin: bin, DataDir: pgData, LogDir: logDir,
+		CertFile: certFile, KeyFile: keyFile, CA: ca, Upstreams: "local=" + proxies[0].URL, Default: "local",
+		UpstreamCAFile: ca.CertFile, Env: []string{"PULLGATE_LOG_LEVEL=warn"}})
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if err := pg.Stop(10 * time.Second); err != nil {
+			log.Print(err)
+		}
+	}()
+	peer, err := e2e.StartRegistry(ctx, e2e.RegistryOptions{Name: "peer", Dir: filepath.Join(dir, "peer"), LogDir: logDir,
+		CertFile: certFile, KeyFile: keyFile, CA: ca, ProxyRemoteURL: proxies[1].URL, ProxyCAFile: ca.CertFile})
+	if err != nil {
+		return err
+	}
+	defer peer.Kill()
+	pgT := target{name: "pullgate", url: pg.URL, host: pg.Addr, count: proxies[0]}
+	peerT := target{name: "peer", url: peer.URL, host: peer.Addr, count: proxies[1]}
+	directT := target{name: "direct", url: proxies[2].URL, host: proxies[2].Addr, count: proxies[2]}
+
+	log.Printf("filling the upstream")
+	fix, err := e2e.Seed(ctx, up.Addr, e2e.SeedOptions{Transport: rt})
+	if err != nil {
+		return err
+	}
+	small, big := fix.Single, fix.Big
+	bigLayer := big.Blobs[1]
+
+	// The ceiling: the same 50 MB blob from a bare Go TLS file server.
+	blobFile := filepath.Join(up.StorageDir, "docker/registry/v2/blobs/sha256", bigLayer.Hex[:2], bigLayer.Hex, "data")
+	ceiling, stopCeiling, err := fileServer(blobFile, certFile, keyFile)
+	if err != nil {
+		return err
+	}
+	defer stopCeiling()
+
+	var rows []row
+	tagPath := "/v2/" + small.Repo + "/manifests/" + small.Tag
+	digestPath := "/v2/" + small.Repo + "/manifests/" + small.Digest.String()
+	blobPath := "/v2/" + big.Repo + "/blobs/" + bigLayer.String()
+	for _, t := range []target{pgT, peerT} { // warm both caches, twice
+		for range 2 {
+			for _, p := range []string{tagPath, digestPath, blobPath} {
+				if err := getOK(ctx, rt, t.url+p); err != nil {
+					return fmt.Errorf("warming %s: %w", t.name, err)
+				}
+			}
+		}
+	}
+
+	for _, m := range []struct{ what, path string }{{"tag", tagPath}, {"digest", digestPath}} {
+		log.Printf("warm manifest by %s: %d connections, %d x %v each", m.what, *conns, *rounds, *duration)
+		r := loadRounds(ctx, ca, *conns, *duration, pgT.url+m.path, peerT.url+m.path)
+		a, b := r[0], r[1]
+		target := ""
+		if m.what == "tag" {
+			target = ">= 20x peer"
+		}
+		rows = append(rows,
+			row{fmt.Sprintf("warm manifest by %s, req/s (%d conns)", m.what, *conns), f0(a.rps()), f0(b.rps()), ratio(a.rps(), b.rps()), a.errNote() + b.errNote(), target, meets(a.rps() >= 20*b.rps(), target)},
+			row{fmt.Sprintf("warm manifest by %s, p99", m.what), ms(a.p99()), ms(b.p99()), ratio(float64(a.p99()), float64(b.p99())), "", "", ""})
+	}
+
+	log.Printf("warm 50 MB blob: %d connections, %d x %v each (pullgate, peer, Go file server)", *blobConns, *rounds, *duration)
+	r := loadRounds(ctx, ca, *blobConns, *duration, pgT.url+blobPath, peerT.url+blobPath, ceiling+blobPath)
+	a, b, c := r[0], r[1], r[2]
+	rows = append(rows,
+		row{fmt.Sprintf("warm 50 MB blob, MB/s (%d conns)", *blobConns), f0(a.mbps()), f0(b.mbps()), ratio(a.mbps(), b.mbps()),
+			fmt.Sprintf("Go file server %s MB/s; pullgate/ceiling %s", f0(c.mbps()), ratio(a.mbps(), c.mbps())), ">= 0.9x ceiling", meets(a.mbps() >= 0.9*c.mbps(), "x")},
+		row{"warm 50 MB blob, p99 per GET", ms(a.p99()), ms(b.p99()), ratio(float64(a.p99()), float64(b.p99())), "Go file server " + ms(c.p99()), "", ""})
+
+	log.Printf("cold pull of fresh 10-layer images (%d each)", *coldRuns)
+	cold := map[string][]time.Duration{}
+	coldReqs := map[string]string{}
+	for i := range *coldRuns {
+		for _, t := range []target{pgT, peerT, directT} {
+			img, err := e2e.PlatformImage(10, *layerSize, v1.Platform{OS: "linux", Architecture: runtime.GOARCH})
+			if err != nil {
+				return err
+			}
+			im, err := e2e.PushImage(up.Addr, fmt.Sprintf("bench/cold-%s-%d", t.name, i), "v1", img, remote.WithContext(ctx), remote.WithTransport(rt))
+			if err != nil {
+				return err
+			}
+			t.count.Reset()
+			d, err := coldPull(ctx, ca, t.url, im)
+			if err != nil {
+				return fmt.Errorf("cold pull through %s: %w", t.name, err)
+			}
+			cold[t.name] = append(cold[t.name], d)
+			coldReqs[t.name] = upstreamRequests(t.count)
+		}
+	}
+	cp, cpeer, cdir := median(cold["pullgate"]), median(cold["peer"]), median(cold["direct"])
+	rows = append(rows, row{fmt.Sprintf("cold pull, 10 layers x %d MiB, median of %d", *layerSize>>20, *coldRuns), ms(cp), ms(cpeer), ratio(float64(cp), float64(cpeer)),
+		fmt.Sprintf("direct %s; pullgate/direct %s", ms(cdir), ratio(float64(cp), float64(cdir))), "<= 1.3x direct", meets(float64(cp) <= 1.3*float64(cdir), "x")})
+
+	rows = append(rows, row{"cold pull: requests that reached the upstream", coldReqs["pullgate"], coldReqs["peer"], "", "direct " + coldReqs["direct"], "", ""})
+
+	log.Printf("one client, one fresh 50 MB blob: time to first byte and total")
+	var ttfb, whole [3]time.Duration
+	for i, t := range []target{pgT, peerT, directT} {
+		img, err := e2e.BigImage(50<<20, uint64(time.Now().UnixNano()))
+		if err != nil {
+			return err
+		}
+		im, err := e2e.PushImage(up.Addr, "bench/single-"+t.name, "v1", img, remote.WithContext(ctx), remote.WithTransport(rt))
+		if err != nil {
+			return err
+		}
+		if ttfb[i], whole[i], err = timedGet(ctx, ca, t.url+"/v2/"+im.Repo+"/blobs/"+im.Blobs[1].String()); err != nil {
+			return fmt.Errorf("cold blob through %s: %w", t.name, err)
+		}
+	}
+	rows = append(rows,
+		row{"cold 50 MB blob, one client: first byte", ms(ttfb[0]), ms(ttfb[1]), ratio(float64(ttfb[0]), float64(ttfb[1])), "direct " + ms(ttfb[2]), "streams while filling", ""},
+		row{"cold 50 MB blob, one client: whole blob", ms(whole[0]), ms(whole[1]), ratio(float64(whole[0]), float64(whole[1])),
+			fmt.Sprintf("direct %s; pullgate/direct %s", ms(whole[2]), ratio(float64(whole[0]), float64(whole[2]))), "", ""})
+
+	log.Printf("16 clients at once for one fresh 50 MB blob")
+	var walls [2]time.Duration
+	var gets [2]int
+	for i, t := range []target{pgT, peerT} {
+		img, err := e2e.BigImage(50<<20, uint64(time.Now().UnixNano()))
+		if err != nil {
+			return err
+		}
+		im, err := e2e.PushImage(up.Addr, "bench/herd-"+t.name, "v1", img, remote.WithContext(ctx), remote.WithTransport(rt))
+		if err != nil {
+			return err
+		}
+		path := "/v2/" + im.Repo + "/blobs/" + im.Blobs[1].String()
+		t.count.Reset()
+		walls[i], err = herd(ctx, ca, t.url+path, 16)
+		if err != nil {
+			return fmt.Errorf("16 clients through %s: %w", t.name, err)
+		}
+		gets[i] = t.count.Count("GET " + path)
+	}
+	rows = append(rows,
+		row{"16 clients, one cold 50 MB blob: wall time", ms(walls[0]), ms(walls[1]), ratio(float64(walls[0]), float64(walls[1])), "", "", ""},
+		row{"16 clients, one cold 50 MB blob: upstream GETs", fmt.Sprint(gets[0]), fmt.Sprint(gets[1]), "", "", "exactly 1", meets(gets[0] == 1, "x")})
+
+	rssPG, err1 := e2e.PeakRSS(pg.Pid())
+	rssPeer, err2 := e2e.PeakRSS(peer.Pid())
+	if err1 != nil || err2 != nil {
+		return fmt.Errorf("peak RSS: %v %v", err1, err2)
+	}
+	rows = append(rows, row{"peak RSS (VmHWM) after the blob runs", mib(rssPG), mib(rssPeer), ratio(float64(rssPG), float64(rssPeer)), "", "flat with blob size", ""})
+
+	printTable(os.Stdout, rows)
+	return nil
+}
+
+// row is one line of the table.
+type row struct{ figure, pg, peer, ratio, reference, target, met string }
+
+func printTable(w io.Writer, rows []row) {
+	fmt.Fprintf(w, "\nMachine: %s, %d CPUs, %s RAM, %s, %s; docker-registry %s\n\n", cpuModel(), runtime.NumCPU(), memTotal(), kernel(), runtime.Version(), registryVersion())
+	fmt.Fprintln(w, "| figure | pullgate | peer (distribution 2.8 proxy) | pullgate/peer | reference | target | met |")
+	fmt.Fprintln(w, "|---|---|---|---|---|---|---|")
+	for _, r := range rows {
+		fmt.Fprintf(w, "| %s | %s | %s | %s | %s | %s | %s |\n", r.figure, r.pg, r.peer, r.ratio, r.reference, r.target, r.met)
+	}
+	fmt.Fprintln(w)
+}
+
+func meets(ok bool, target string) string {
+	if target == "" {
+		return ""
+	}
+	if ok {
+		return "yes"
+	}
+	return "NO"
+}
+
+// result is what one load run measured.
+type result struct {
+	n, errs   int
+	bytes     int64
+	elapsed   time.Duration
+	latencies []time.Duration
+	firstErr  string
+}
+
+func (r result) rps() float64  { return float64(r.n) / r.elapsed.Seconds() }
+func (r result) mbps() float64 { return float64(r.bytes) / 1e6 / r.elapsed.Seconds() }
+func (r result) p99() time.Duration {
+	if len(r.latencies) == 0 {
+		return 0
+	}
+	return r.latencies[min(len(r.latencies)-1, len(r.latencies)*99/100)]
+}
+func (r result) errNote() string {
+	if r.errs == 0 {
+		return ""
+	}
+	return fmt.Sprintf("%d errors (%s) ", r.errs, r.firstErr)
+}
+
+// loadRounds runs load on each url in turn, -rounds times, and adds up each url's runs: interleaving spreads
+// the noise of a shared machine over all of them.
+func loadRounds(ctx context.Context, ca *e2e.CA, conns int, d time.Duration, urls ...string) []result {
+	total := make([]result, len(urls))
+	for range *rounds {
+		for i, u := range urls {
+			r := load(ctx, ca, u, conns, d)
+			t := &total[i]
+			t.n, t.errs, t.bytes, t.elapsed = t.n+r.n, t.errs+r.errs, t.bytes+r.bytes, t.elapsed+r.elapsed
+			t.latencies = append(t.latencies, r.latencies...)
+			if t.firstErr == "" {
+				t.firstErr = r.firstErr
+			}
+		}
+	}
+	for i := range total {
+		slices.Sort(total[i].latencies)
+	}
+	return total
+}
+
+// load sends GET url from conns connections (one transport each) as fast as answers come, for d.
+func load(ctx context.Context, ca *e2e.CA, url string, conns int, d time.Duration) result {
+	var mu sync.Mutex
+	var total result
+	var wg sync.WaitGroup
+	start := time.Now()
+	deadline := start.Add(d)
+	for range conns {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			t := e2e.Transport(ca.Pool)
+			defer t.CloseIdleConnections()
+			client := &http.Client{Transport: t, Timeout: time.Minute}
+			var r result
+			for time.Now().Before(deadline) && ctx.Err() == nil {
+				t0 := time.Now()
+				n, err := get(ctx, client, url)
+				if err != nil {
+					r.errs++
+					if r.firstErr == "" {
+						r.firstErr = err.Error()
+					}
+					continue
+				}
+				r.latencies = append(r.latencies, time.Since(t0))
+				r.n++
+				r.bytes += n
+			}
+			mu.Lock()
+			total.n += r.n
+			total.errs += r.errs
+			total.bytes += r.bytes
+			total.latencies = append(total.latencies, r.latencies...)
+			if total.firstErr == "" {
+				total.firstErr = r.firstErr
+			}
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	total.elapsed = time.Since(start)
+	slices.Sort(total.latencies)
+	return total
+}
+
+func get(ctx context.Context, client *http.Client, url string) (int64, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return 0, err
+	}
+	req.Header.Set("Accept", "application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json, "+
+		"application/vnd.oci.image.index.v1+json, application/vnd.docker.distribution.manifest.list.v2+json")
+	resp, err := client.Do(req)
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	n, err := io.Copy(io.Discard, resp.Body)
+	if err != nil {
+		return n, err
+	}
+	if resp.StatusCode != http.StatusOK {
+		return n, fmt.Errorf("%s", resp.Status)
+	}
+	return n, nil
+}
+
+func getOK(ctx context.Context, rt http.RoundTripper, url string) error {
+	_, err := get(ctx, &http.Client{Transport: rt, Timeout: time.Minute}, url)
+	return err
+}
+
+// coldPull pulls im's manifest, then its config and layers, four at a time (as containerd does by default), on a
+// fresh connection, and returns the wall time.
+func coldPull(ctx context.Context, ca *e2e.CA, base string, im e2e.Image) (time.Duration, error) {
+	t := e2e.Transport(ca.Pool)
+	defer t.CloseIdleConnections()
+	client := &http.Client{Transport: t, Timeout: 2 * time.Minute}
+	start := time.Now()
+	if _, err := get(ctx, client, base+"/v2/"+im.Repo+"/manifests/"+im.Tag); err != nil {
+		return 0, err
+	}
+	sem := make(chan struct{}, 4)
+	errs := make(chan error, len(im.Blobs))
+	for _, b := range im.Blobs {
+		sem <- struct{}{}
+		go func() {
+			defer func() { <-sem }()
+			_, err := get(ctx, client, base+"/v2/"+im.Repo+"/blobs/"+b.String())
+			errs <- err
+		}()
+	}
+	for range im.Blobs {
+		if err := <-errs; err != nil {
+			return 0, err
+		}
+	}
+	return time.Since(start), nil
+}
+
+// timedGet GETs url on a fresh connection and returns the time to the first body byte and to the last.
+func timedGet(ctx context.Context, ca *e2e.CA, url string) (first, whole time.Duration, err error) {
+	t := e2e.Transport(ca.Pool)
+	defer t.CloseIdleConnections()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return 0, 0, err
+	}
+	start := time.Now()
+	resp, err := (&http.Client{Transport: t, Timeout: 2 * time.Minute}).Do(req)
+	if err != nil {
+		return 0, 0, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return 0, 0, fmt.Errorf("%s", resp.Status)
+	}
+	buf := make([]byte, 1)
+	if _, err := io.ReadFull(resp.Body, buf); err != nil {
+		return 0, 0, err
+	}
+	first = time.Since(start)
+	if _, err := io.Copy(io.Discard, resp.Body); err != nil {
+		return 0, 0, err
+	}
+	return first, time.Since(start), nil
+}
+
+// herd has n clients, each on its own connection, GET url at once, and returns the time until the last one has
+// the whole body.
+func herd(ctx context.Context, ca *e2e.CA, url string, n int) (time.Duration, error) {
+	clients := make([]*http.Client, n)
+	for i := range clients {
+		clients[i] = &http.Client{Transport: e2e.Transport(ca.Pool), Timeout: 2 * time.Minute}
+	}
+	start := time.Now()
+	errs := make(chan error, n)
+	for _, c := range clients {
+		go func() {
+			_, err := get(ctx, c, url)
+			errs <- err
+		}()
+	}
+	var first error
+	for range n {
+		if err := <-errs; err != nil && first == nil {
+			first = err
+		}
+	}
+	return time.Since(start), first
+}
+
+// fileServer serves file at every path over TLS (HTTP/2) with http.ServeContent, and returns its URL.
+func fileServer(file, certFile, keyFile string) (string, func(), error) {
+	cert, err := tls.LoadX509KeyPair(certFile, keyFile)
+	if err != nil {
+		return "", nil, err
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", nil, err
+	}
+	srv := &http.Server{
+		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			f, err := os.Open(file)
+			if err != nil {
+				http.Error(w, err.Error(), http.StatusInternalServerError)
+				return
+			}
+			defer f.Close()
+			fi, err := f.Stat()
+			if err != nil {
+				http.Error(w, err.Error(), http.StatusInternalServerError)
+				return
+			}
+			w.Header().Set("Content-Type", "application/octet-stream")
+			http.ServeContent(w, r, "", fi.ModTime(), f)
+		}),
+		TLSConfig: &tls.Config{Certificates: []tls.Certificate{cert}, NextProtos: []string{"h2", "http/1.1"}},
+	}
+	go func() { _ = srv.ServeTLS(l, "", "") }()
+	return "https://" + l.Addr().String(), func() { _ = srv.Close() }, nil
+}
+
+// upstreamRequests summarizes the requests a counting proxy saw: "12 (GET blobs 11, HEAD manifests 1)".
+func upstreamRequests(p *e2e.CountingProxy) string {
+	var parts []string
+	total := 0
+	for k, v := range p.Counts() {
+		method, rest, _ := strings.Cut(k, " ")
+		if method == "UA" || strings.HasPrefix(rest, "/") {
+			continue
+		}
+		parts = append(parts, fmt.Sprintf("%s %d", k, v))
+		total += v
+	}
+	slices.Sort(parts)
+	return fmt.Sprintf("%d (%s)", total, strings.Join(parts, ", "))
+}
+
+func median(ds []time.Duration) time.Duration {
+	if len(ds) == 0 {
+		return 0
+	}
+	s := slices.Clone(ds)
+	slices.Sort(s)
+	return s[len(s)/2]
+}
+
+func f0(v float64) string { return fmt.Sprintf("%.0f", v) }
+func ms(d time.Duration) string {
+	return fmt.Sprintf("%.1f ms", float64(d.Microseconds())/1000)
+}
+func mib(b int64) string { return fmt.Sprintf("%.0f MiB", float64(b)/(1<<20)) }
+func ratio(a, b float64) string {
+	if b == 0 {
+		return "-"
+	}
+	return fmt.Sprintf("%.2fx", a/b)
+}
+
+func cpuModel() string {
+	f, err := os.Open("/proc/cpuinfo")
+	if err != nil {
+		return runtime.GOARCH
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		if k, v, ok := strings.Cut(sc.Text(), ":"); ok && strings.TrimSpace(k) == "model name" {
+			return strings.TrimSpace(v)
+		}
+	}
+	return runtime.GOARCH
+}
+
+func memTotal() string {
+	b, err := os.ReadFile("/proc/meminfo")
+	if err != nil {
+		return "?"
+	}
+	var kb int64
+	for _, l := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(l, "MemTotal:"); ok {
+			fmt.Sscanf(strings.TrimSpace(v), "%d", &kb)
+		}
+	}
+	return fmt.Sprintf("%.0f GiB", float64(kb)/(1<<20))
+}
+
+func kernel() string {
+	b, err := os.ReadFile("/proc/sys/kernel/osrelease")
+	if err != nil {
+		return "linux"
+	}
+	return "Linux " + strings.TrimSpace(string(b))
+}
+
+func registryVersion() string {
+	out, err := e2e.Run(context.Background(), 10*time.Second, nil, e2e.RegistryBinary, "--version")
+	if err != nil {
+		return "?"
+	}
+	f := strings.Fields(out)
+	return f[len(f)-1]
+}

@@ -1,0 +1,372 @@
+package upstream
+
+import (
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/authn"
+)
+
+type scheme int
+
+const (
+	schemeNone scheme = iota
+	schemeBasic
+	schemeBearer
+)
+
+// challenge is what the registry asks for in WWW-Authenticate.
+type challenge struct {
+	scheme  scheme
+	realm   string // bearer: the token service URL
+	service string // bearer: the service parameter for token requests
+}
+
+func (a *challenge) equal(b *challenge) bool {
+	return a.scheme == b.scheme && a.realm == b.realm && a.service == b.service
+}
+
+// parseChallenges reads WWW-Authenticate values; Bearer wins over Basic, unknown schemes are ignored.
+func parseChallenges(values []string) *challenge {
+	best := &challenge{}
+	for _, v := range values {
+		name, rest, _ := strings.Cut(strings.TrimSpace(v), " ")
+		switch strings.ToLower(name) {
+		case "bearer":
+			params := parseAuthParams(rest)
+			return &challenge{scheme: schemeBearer, realm: params["realm"], service: params["service"]}
+		case "basic":
+			best = &challenge{scheme: schemeBasic}
+		}
+	}
+	return best
+}
+
+// parseAuthParams parses `realm="https://x/token",service="x",scope="a,b"` (RFC 7235 auth-params,
+// quoted strings with backslash escapes or tokens).
+func parseAuthParams(s string) map[string]string {
+	params := map[string]string{}
+	for {
+		s = strings.TrimLeft(s, " \t,")
+		if s == "" {
+			return params
+		}
+		eq := strings.IndexByte(s, '=')
+		if eq < 0 {
+			return params
+		}
+		key := strings.ToLower(strings.TrimSpace(s[:eq]))
+		s = strings.TrimLeft(s[eq+1:], " \t")
+		var val strings.Builder
+		if strings.HasPrefix(s, `"`) {
+			i := 1
+			for ; i < len(s) && s[i] != '"'; i++ {
+				if s[i] == '\\' && i+1 < len(s) {
+					i++
+				}
+				val.WriteByte(s[i])
+			}
+			s = s[min(i+1, len(s)):]
+		} else {
+			end := strings.IndexByte(s, ',')
+			if end < 0 {
+				end = len(s)
+			}
+			val.WriteString(strings.TrimSpace(s[:end]))
+			s = s[end:]
+		}
+		params[key] = val.String()
+	}
+}
+
+// challenge returns the cached challenge, learning it with GET /v2/ the first time. Concurrent callers
+// share one ping; a failed ping is not cached.
+func (c *Client) challenge(ctx context.Context) (*challenge, error) {
+	c.mu.Lock()
+	ch := c.chal
+	c.mu.Unlock()
+	if ch != nil {
+		return ch, nil
+	}
+	v, err := c.shared(ctx, "ping", c.ping)
+	if err != nil {
+		return nil, err
+	}
+	return v.(*challenge), nil
+}
+
+func (c *Client) setChallenge(ch *challenge) {
+	c.mu.Lock()
+	c.chal = ch
+	c.mu.Unlock()
+}
+
+func (c *Client) ping(ctx context.Context) (any, error) {
+	req, err := http.NewRequest(http.MethodGet, c.endpoint("/v2/"), nil)
+	if err != nil {
+		return nil, fmt.Errorf("upstream %s: %w", c.opts.Name, err)
+	}
+	resp, err := c.send(ctx, "ping", req)
+	if err != nil {
+		return nil, err
+	}
+	ch := &challenge{}
+	switch {
+	case resp.StatusCode == http.StatusTooManyRequests || resp.StatusCode >= 500:
+		return nil, c.statusError(resp)
+	case resp.StatusCode == http.StatusUnauthorized:
+		ch = parseChallenges(resp.Header.Values("WWW-Authenticate"))
+	}
+	// Any other answer (200, or a 404 from a registry that does not serve /v2/): no authentication
+	// until a request gets a 401 that says otherwise.
+	drain(resp.Body)
+	c.setChallenge(ch)
+	return ch, nil
+}
+
+// shared runs fn once for all concurrent callers with the same key. fn runs on a context that the
+// callers' cancellation does not reach, bounded by twice the Timeout (the header timeout fires
+// first); each caller stops waiting when its own ctx ends.
+func (c *Client) shared(ctx context.Context, key string, fn func(context.Context) (any, error)) (any, error) {
+	res := c.flight.DoChan(key, func() (any, error) {
+		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*c.opts.Timeout)
+		defer cancel()
+		return fn(fctx)
+	})
+	select {
+	case r := <-res:
+		return r.Val, r.Err
+	case <-ctx.Done():
+		return nil, fmt.Errorf("upstream %s: %w", c.opts.Name, ctx.Err())
+	}
+}
+
+// auth is the Authorization for one request and where it came from.
+type auth struct {
+	header      string // Authorization value, empty for anonymous
+	scope       string // bearer: the token's scope
+	token       string // bearer: the token
+	cachedToken bool   // bearer: the token came from the cache, not a request made for this Fetch
+}
+
+// authorize returns the Authorization for a request to repo under challenge ch.
+func (c *Client) authorize(ctx context.Context, ch *challenge, repo string) (auth, error) {
+	switch ch.scheme {
+	case schemeBasic:
+		cfg, err := c.credentials(ctx)
+		if err != nil || (cfg.Username == "" && cfg.Password == "") {
+			return auth{}, err
+		}
+		return auth{header: basicAuth(cfg.Username, cfg.Password)}, nil
+	case schemeBearer:
+		scope := "repository:" + repo + ":pull"
+		if t, ok := c.cachedToken(scope); ok {
+			return auth{header: "Bearer " + t, scope: scope, token: t, cachedToken: true}, nil
+		}
+		v, err := c.shared(ctx, "token "+scope, func(ctx context.Context) (any, error) {
+			return c.fetchToken(ctx, ch, scope)
+		})
+		if err != nil {
+			return auth{}, err
+		}
+		t := v.(string)
+		return auth{header: "Bearer " + t, scope: scope, token: t}, nil
+	}
+	return auth{}, nil
+}
+
+// credentials resolves the keychain for Host(). Its errors never hold the secrets.
+func (c *Client) credentials(ctx context.Context) (authn.AuthConfig, error) {
+	if c.opts.Keychain == nil {
+		return authn.AuthConfig{}, nil
+	}
+	a, err := authn.Resolve(ctx, c.opts.Keychain, resource(c.Host()))
+	if err != nil {
+		return authn.AuthConfig{}, fmt.Errorf("upstream %s: resolving credentials: %w", c.opts.Name, err)
+	}
+	cfg, err := authn.Authorization(ctx, a)
+	if err != nil {
+		return authn.AuthConfig{}, fmt.Errorf("upstream %s: resolving credentials: %w", c.opts.Name, err)
+	}
+	if cfg.Username == "" && cfg.Password == "" && cfg.Auth != "" {
+		if user, pass, err := decodeAuth(cfg.Auth); err == nil {
+			cfg.Username, cfg.Password = user, pass
+		}
+	}
+	return *cfg, nil
+}
+
+// resource is the authn.Resource of a registry host.
+type resource string
+
+func (r resource) String() string      { return string(r) }
+func (r resource) RegistryStr() string { return string(r) }
+
+func basicAuth(user, pass string) string {
+	return "Basic " + base64.StdEncoding.EncodeToString([]byte(user+":"+pass))
+}
+
+// token is a cached bearer token.
+type token struct {
+	value     string
+	refreshAt time.Time // fetch a new one from then on
+}
+
+const (
+	defaultTokenLifetime = 60 * time.Second
+	maxTokenMargin       = 30 * time.Second
+	maxTokenBody         = 1 << 20
+	maxCachedTokens      = 4096
+)
+
+func (c *Client) cachedToken(scope string) (string, bool) {
+	now := c.opts.Now()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	t, ok := c.tokens[scope]
+	if !ok || !now.Before(t.refreshAt) {
+		return "", false
+	}
+	return t.value, true
+}
+
+// dropToken forgets the token for scope if it is still value (a newer one stays).
+func (c *Client) dropToken(scope, value string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.tokens[scope].value == value {
+		delete(c.tokens, scope)
+	}
+}
+
+func (c *Client) storeToken(scope string, t token) {
+	now := c.opts.Now()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(c.tokens) >= maxCachedTokens {
+		for s, old := range c.tokens {
+			if !now.Before(old.refreshAt) {
+				delete(c.tokens, s)
+			}
+		}
+	}
+	c.tokens[scope] = t
+}
+
+// fetchToken asks the token service of ch for a token for scope, caches it and returns it. A registry
+// token from the keychain is used as it is, without a request.
+func (c *Client) fetchToken(ctx context.Context, ch *challenge, scope string) (any, error) {
+	cfg, err := c.credentials(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if cfg.RegistryToken != "" {
+		return cfg.RegistryToken, nil
+	}
+	realm, err := url.Parse(ch.realm)
+	if err != nil || realm.Scheme != "https" || realm.Host == "" {
+		return nil, fmt.Errorf("upstream %s: token realm %q is not an https URL", c.opts.Name, ch.realm)
+	}
+	var req *http.Request
+	if cfg.IdentityToken != "" {
+		// OAuth2 refresh-token grant, as docker login's identity tokens need.
+		form := url.Values{
+			"grant_type":    {"refresh_token"},
+			"refresh_token": {cfg.IdentityToken},
+			"client_id":     {"pullgate"},
+			"scope":         {scope},
+		}
+		if ch.service != "" {
+			form.Set("service", ch.service)
+		}
+		req, err = http.NewRequest(http.MethodPost, realm.String(), strings.NewReader(form.Encode()))
+		if err == nil {
+			req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+		}
+	} else {
+		q := realm.Query()
+		if ch.service != "" {
+			q.Set("service", ch.service)
+		}
+		q.Set("scope", scope)
+		realm.RawQuery = q.Encode()
+		req, err = http.NewRequest(http.MethodGet, realm.String(), nil)
+		if err == nil && (cfg.Username != "" || cfg.Password != "") {
+			req.SetBasicAuth(cfg.Username, cfg.Password)
+		}
+	}
+	if err != nil {
+		return nil, fmt.Errorf("upstream %s: token request: %w", c.opts.Name, err)
+	}
+	resp, err := c.send(ctx, "token", req)
+	if err != nil {
+		return nil, err
+	}
+	if resp.StatusCode != http.StatusOK {
+		err := c.statusError(resp)
+		if se, ok := err.(*StatusError); ok {
+			se.Message = strings.TrimSuffix("token request refused: "+se.Message, ": ")
+		}
+		return nil, err
+	}
+	defer resp.Body.Close()
+	var body struct {
+		Token       string `json:"token"`
+		AccessToken string `json:"access_token"`
+		ExpiresIn   int64  `json:"expires_in"`
+		IssuedAt    string `json:"issued_at"`
+	}
+	if err := json.NewDecoder(io.LimitReader(resp.Body, maxTokenBody)).Decode(&body); err != nil {
+		return nil, fmt.Errorf("upstream %s: %w: token response is not JSON", c.opts.Name, ErrUnavailable)
+	}
+	value := body.Token
+	if value == "" {
+		value = body.AccessToken
+	}
+	if value == "" {
+		return nil, fmt.Errorf("upstream %s: %w: token response holds no token", c.opts.Name, ErrUnavailable)
+	}
+	now := c.opts.Now()
+	c.storeToken(scope, token{value: value, refreshAt: tokenRefreshAt(now, body.ExpiresIn, body.IssuedAt)})
+	return value, nil
+}
+
+// tokenRefreshAt returns when a token should be replaced: at its expiry (issued_at, when it is in the
+// recent past, else now; plus expires_in, default 60s) minus 10% of its lifetime or 30s, whichever is
+// less.
+func tokenRefreshAt(now time.Time, expiresIn int64, issuedAt string) time.Time {
+	lifetime := defaultTokenLifetime
+	if expiresIn > 0 {
+		lifetime = time.Duration(min(expiresIn, int64(365*24*time.Hour/time.Second))) * time.Second
+	}
+	issued := now
+	if t, err := time.Parse(time.RFC3339, issuedAt); err == nil && !t.After(now) && now.Sub(t) < lifetime {
+		issued = t
+	}
+	return issued.Add(lifetime - min(lifetime/10, maxTokenMargin))
+}
+
+// decodeAuth decodes the "auth" field of a docker config: base64(user:password), padded or not.
+func decodeAuth(s string) (user, pass string, err error) {
+	s = strings.TrimSpace(s)
+	enc := base64.StdEncoding
+	if !strings.HasSuffix(s, "=") {
+		enc = base64.RawStdEncoding
+	}
+	b, err := enc.DecodeString(s)
+	if err != nil {
+		return "", "", fmt.Errorf("auth field is not base64")
+	}
+	user, pass, ok := strings.Cut(string(b), ":")
+	if !ok {
+		return "", "", fmt.Errorf("auth field is not base64(username:password)")
+	}
+	return user, pass, nil
+}
