@@ -40,7 +40,10 @@ type Writer struct {
 	written int64
 	path    string // where the content is now: the temp file, then the final path
 	done    bool   // committed
-	err     error  // why the write failed or was aborted
+	// verified is set once the content matched its digest, before it is made durable: readers may then
+	// deliver the last byte, and a later failure to store it does not make the bytes they have wrong.
+	verified bool
+	err      error // why the write failed or was aborted
 	obj     Object
 	changed chan struct{} // closed and replaced on every change above
 }
@@ -142,6 +145,10 @@ func (w *Writer) Commit() (Object, error) {
 		w.fail(err)
 		return Object{}, err
 	}
+	w.mu.Lock()
+	w.verified = true
+	w.broadcast()
+	w.mu.Unlock()
 	err := w.f.Sync()
 	if cerr := w.f.Close(); err == nil {
 		err = cerr
@@ -236,8 +243,8 @@ func (c *Cache) release(tmp string) {
 // can be created at any time, also after Commit. It blocks for more bytes until they are written, the writer
 // ends, or ctx is done. It withholds the last byte written until Commit has verified the digest, so a reader
 // never sees a complete body of unverified content: if the writer fails or is aborted, Read returns that error
-// (a *DigestMismatchError, a *SizeMismatchError or the Abort error). After a successful Commit it returns the
-// rest and io.EOF. The caller closes it.
+// (a *DigestMismatchError, a *SizeMismatchError or the Abort error). Once Commit has verified the digest (before
+// it fsyncs, so that clients do not wait for the disk) it returns the rest and io.EOF. The caller closes it.
 //
 // The reader keeps ctx, against the usual rule, because io.Reader has no place for one.
 func (w *Writer) NewReader(ctx context.Context) io.ReadCloser {
@@ -274,13 +281,14 @@ func (r *reader) Read(p []byte) (int, error) {
 		}
 		w := r.w
 		w.mu.Lock()
-		written, done, err, changed := w.written, w.done, w.err, w.changed
+		written, done, verified, err, changed := w.written, w.done, w.verified, w.err, w.changed
 		w.mu.Unlock()
-		if err != nil {
+		if err != nil && !verified {
 			return 0, err
 		}
+		complete := done || verified
 		limit := written
-		if !done {
+		if !complete {
 			limit-- // the last byte waits for the digest check
 		}
 		if r.off < limit {
@@ -294,7 +302,7 @@ func (r *reader) Read(p []byte) (int, error) {
 			}
 			return 0, fmt.Errorf("cache: read %s: %w", w.digest, err)
 		}
-		if done {
+		if complete {
 			return 0, io.EOF
 		}
 		select {

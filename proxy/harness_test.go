@@ -47,7 +47,7 @@ type fakeUpstream struct {
 	fault  fault
 }
 
-func newFakeUpstream(t *testing.T, opts ...registry.Option) *fakeUpstream {
+func newFakeUpstream(t testing.TB, opts ...registry.Option) *fakeUpstream {
 	t.Helper()
 	u := &fakeUpstream{counts: map[string]int{}}
 	reg := registry.New(append([]registry.Option{registry.Logger(log.New(io.Discard, "", 0))}, opts...)...)
@@ -98,7 +98,7 @@ func (u *fakeUpstream) setFault(f fault) {
 func (u *fakeUpstream) host() string { return strings.TrimPrefix(u.srv.URL, "https://") }
 
 // push writes an image or index to the upstream, bypassing faults.
-func (u *fakeUpstream) push(t *testing.T, repoTag string, w remote.Taggable) {
+func (u *fakeUpstream) push(t testing.TB, repoTag string, w remote.Taggable) {
 	t.Helper()
 	f := u.fault
 	u.setFault(nil)
@@ -173,7 +173,7 @@ func (s *syncBuffer) lines() []map[string]any {
 
 // env is pullgate's handler, on real TLS, in front of one fake upstream named "local", with a real cache.
 type env struct {
-	t     *testing.T
+	t     testing.TB
 	up    *fakeUpstream
 	dir   string
 	clock *clock
@@ -186,13 +186,13 @@ type env struct {
 	logs  *syncBuffer
 }
 
-func newEnv(t *testing.T, tweak ...func(*Options)) *env {
+func newEnv(t testing.TB, tweak ...func(*Options)) *env {
 	t.Helper()
 	return newEnvWithRegistry(t, nil, tweak...)
 }
 
 // newEnvWithRegistry is newEnv with options for the upstream registry.
-func newEnvWithRegistry(t *testing.T, regOpts []registry.Option, tweak ...func(*Options)) *env {
+func newEnvWithRegistry(t testing.TB, regOpts []registry.Option, tweak ...func(*Options)) *env {
 	t.Helper()
 	e := &env{t: t, up: newFakeUpstream(t, regOpts...), dir: t.TempDir(),
 		clock: &clock{t: time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)}, logs: &syncBuffer{}}
@@ -328,7 +328,7 @@ func (e *env) storedFiles() (content, temp []string) {
 }
 
 // waitFor polls cond until it holds or a deadline passes.
-func waitFor(t *testing.T, what string, cond func() bool) {
+func waitFor(t testing.TB, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for !cond() {
@@ -340,7 +340,7 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 }
 
 // ociError decodes an OCI error body and fails the test when it is not one.
-func ociError(t *testing.T, body []byte) errorEntry {
+func ociError(t testing.TB, body []byte) errorEntry {
 	t.Helper()
 	var eb errorBody
 	if err := json.Unmarshal(body, &eb); err != nil || len(eb.Errors) == 0 || eb.Errors[0].Code == "" || eb.Errors[0].Message == "" {
@@ -350,7 +350,7 @@ func ociError(t *testing.T, body []byte) errorEntry {
 }
 
 // layerBlob is a random blob of n bytes with its digest.
-func layerBlob(t *testing.T, n int) ([]byte, v1.Hash) {
+func layerBlob(t testing.TB, n int) ([]byte, v1.Hash) {
 	t.Helper()
 	b := make([]byte, n)
 	for i := range b {
@@ -362,7 +362,7 @@ func layerBlob(t *testing.T, n int) ([]byte, v1.Hash) {
 }
 
 // pushBlob uploads a raw blob to the upstream repository.
-func (u *fakeUpstream) pushBlob(t *testing.T, repo string, b []byte, d v1.Hash) {
+func (u *fakeUpstream) pushBlob(t testing.TB, repo string, b []byte, d v1.Hash) {
 	t.Helper()
 	c := u.srv.Client()
 	resp, err := c.Post(u.srv.URL+"/v2/"+repo+"/blobs/uploads/?digest="+d.String(), "application/octet-stream", bytes.NewReader(b))
@@ -375,7 +375,7 @@ func (u *fakeUpstream) pushBlob(t *testing.T, repo string, b []byte, d v1.Hash) 
 	}
 }
 
-func randomImage(t *testing.T, layers int) v1.Image {
+func randomImage(t testing.TB, layers int) v1.Image {
 	t.Helper()
 	img, err := random.Image(1024, int64(layers))
 	if err != nil {
@@ -384,7 +384,7 @@ func randomImage(t *testing.T, layers int) v1.Image {
 	return img
 }
 
-func mustDigest(t *testing.T, d interface{ Digest() (v1.Hash, error) }) v1.Hash {
+func mustDigest(t testing.TB, d interface{ Digest() (v1.Hash, error) }) v1.Hash {
 	t.Helper()
 	h, err := d.Digest()
 	if err != nil {
@@ -396,7 +396,7 @@ func mustDigest(t *testing.T, d interface{ Digest() (v1.Hash, error) }) v1.Hash 
 var errInjected = errors.New("injected")
 
 // ctxTimeout is a bounded context for client calls in tests.
-func ctxTimeout(t *testing.T) context.Context {
+func ctxTimeout(t testing.TB) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	t.Cleanup(cancel)
 	return ctx
