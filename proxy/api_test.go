@@ -11,6 +11,8 @@ import (
 
 	"github.com/google/go-containerregistry/pkg/registry"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+
+	"github.com/pullgate/pullgate/upstream"
 )
 
 // putManifest stores raw manifest bytes in the upstream under ref, bypassing faults.
@@ -340,5 +342,60 @@ func TestPushIsUnsupported(t *testing.T) {
 		if resp.StatusCode != 405 || ociError(t, body.Bytes()).Code != codeUnsupported {
 			t.Fatalf("%s: %d %s", m, resp.StatusCode, body.String())
 		}
+	}
+}
+
+// TestOfflineServesCacheOnly: an offline upstream is never contacted; cached content is served, and anything
+// else is MANIFEST_UNKNOWN or BLOB_UNKNOWN saying the upstream is offline.
+func TestOfflineServesCacheOnly(t *testing.T) {
+	e := newEnv(t)
+	img := randomImage(t, 2)
+	e.up.push(t, "team/air:v1", img)
+	if r, _ := e.get("/v2/local/team/air/manifests/v1"); r.StatusCode != 200 {
+		t.Fatal(r.Status)
+	}
+	layers, _ := img.Layers()
+	cached, _ := layers[0].Digest()
+	if r, _ := e.get("/v2/local/team/air/blobs/" + cached.String()); r.StatusCode != 200 {
+		t.Fatal(r.Status)
+	}
+	offline, err := upstream.New(upstream.Options{Name: "local", URL: e.up.srv.URL, Offline: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.opts.Upstreams[0].Fetcher = offline
+	e.restart()
+	e.up.resetCounts()
+	e.clock.advance(24 * time.Hour)
+
+	tests := []struct {
+		path     string
+		want     int
+		wantCode code
+	}{
+		{"/v2/local/team/air/manifests/v1", 200, ""},
+		{"/v2/local/team/air/manifests/" + mustDigest(t, img).String(), 200, ""},
+		{"/v2/local/team/air/blobs/" + cached.String(), 200, ""},
+		{"/v2/local/team/air/manifests/v2", 404, codeManifestUnknown},
+		{"/v2/local/team/air/blobs/sha256:" + strings.Repeat("9", 64), 404, codeBlobUnknown},
+		{"/v2/local/team/air/tags/list", 200, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.path, func(t *testing.T) {
+			resp, body := e.get(tt.path)
+			if resp.StatusCode != tt.want {
+				t.Fatalf("status %d, want %d: %s", resp.StatusCode, tt.want, body)
+			}
+			if tt.wantCode != "" {
+				if oe := ociError(t, body); oe.Code != tt.wantCode || !strings.Contains(oe.Message, "offline") {
+					t.Fatalf("want %s saying the upstream is offline: %s", tt.wantCode, body)
+				}
+			}
+		})
+	}
+	e.up.mu.Lock()
+	defer e.up.mu.Unlock()
+	if len(e.up.counts) != 0 {
+		t.Fatalf("an offline upstream was contacted: %v", e.up.counts)
 	}
 }
