@@ -260,7 +260,7 @@ func (h *Handler) runFill(ctx context.Context, req *request, d v1.Hash, f *fill)
 	resp, err := h.fetch(ctx, req, http.MethodGet, kindBlobs, d.String(), nil)
 	if err == nil && resp.StatusCode != http.StatusOK {
 		resp.Body.Close()
-		err = fmt.Errorf("upstream %s answered a blob GET with %s", req.up.Name, resp.Status)
+		err = &apiError{code: codeUnknown, status: http.StatusBadGateway, message: fmt.Sprintf("upstream %s answered a blob GET with %s", req.up.Name, resp.Status)}
 	}
 	if err == nil {
 		f.size = resp.ContentLength

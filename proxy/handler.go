@@ -180,7 +180,15 @@ type request struct {
 func (h *Handler) ServeHTTP(rw http.ResponseWriter, r *http.Request) {
 	start := h.opts.Now()
 	w := &recorder{ResponseWriter: rw}
-	req, err := h.route(r)
+	var req *request
+	var err error
+	if r.Method != http.MethodGet && r.Method != http.MethodHead {
+		// Checked before routing, so that push routes (blobs/uploads/...) are answered as such.
+		req = &request{}
+		err = &apiError{code: codeUnsupported, message: fmt.Sprintf("pullgate is a read-only pull-through cache: %s is not supported", r.Method)}
+	} else {
+		req, err = h.route(r)
+	}
 	if err == nil {
 		err = h.serve(w, r, req)
 	}
@@ -204,9 +212,6 @@ func (h *Handler) serve(w *recorder, r *http.Request, req *request) error {
 	w.Header().Set("Docker-Distribution-API-Version", "registry/2.0")
 	if req.ns != "" {
 		w.Header().Set("OCI-Namespace", req.ns)
-	}
-	if r.Method != http.MethodGet && r.Method != http.MethodHead {
-		return &apiError{code: codeUnsupported, message: fmt.Sprintf("pullgate is a read-only pull-through cache: %s is not supported", r.Method)}
 	}
 	switch req.kind {
 	case kindBase:

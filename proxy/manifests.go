@@ -177,7 +177,7 @@ func (h *Handler) cachedManifest(d v1.Hash) (manifest, error) {
 	}
 	defer f.Close()
 	if obj.Size > h.opts.MaxManifestSize {
-		return manifest{}, fmt.Errorf("cached object %s is %d bytes, too large for a manifest", d, obj.Size)
+		return manifest{}, errorf(codeManifestUnknown, "%s is a blob of %d bytes, not a manifest", d, obj.Size)
 	}
 	body := make([]byte, obj.Size)
 	if _, err := io.ReadFull(f, body); err != nil {

@@ -39,15 +39,15 @@ func NewPolicy(allow, immutableTags []string) (Policy, error) {
 
 // compileGlob turns a glob into an anchored regular expression.
 func compileGlob(glob string) (*regexp.Regexp, error) {
-	if glob == "" || strings.ContainsAny(glob, " \t\n") {
-		return nil, fmt.Errorf("invalid pattern %q", glob)
+	if glob == "" || strings.IndexFunc(glob, func(r rune) bool { return r <= ' ' || r >= 0x7f }) >= 0 {
+		return nil, fmt.Errorf("invalid pattern %q: patterns are printable ASCII, as repository names and tags are", glob)
 	}
 	var b strings.Builder
 	b.WriteString("^")
 	for i := 0; i < len(glob); i++ {
 		switch c := glob[i]; {
 		case c == '*' && i+1 < len(glob) && glob[i+1] == '*':
-			b.WriteString(".*")
+			b.WriteString("(?s:.*)")
 			i++
 		case c == '*':
 			b.WriteString("[^/]*")
