@@ -193,6 +193,23 @@ func TestTLSOnly(t *testing.T) {
 		}
 	}
 	check()
+
+	// The operations listener: health, readiness and the metrics, in plain HTTP.
+	metricsAddr := logs.find("pullgate serving")["metrics"].(string)
+	for path, want := range map[string]string{
+		"/healthz": "ok", "/readyz": "ready",
+		"/metrics": `pullgate_requests_total{cache="",route="base",status="200"}`,
+	} {
+		resp, err := http.Get("http://" + metricsAddr + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 || !strings.Contains(string(body), want) {
+			t.Fatalf("GET %s: %d, body lacks %q", path, resp.StatusCode, want)
+		}
+	}
 	stop()
 	client.CloseIdleConnections()
 
