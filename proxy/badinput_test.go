@@ -258,6 +258,11 @@ func TestBadInput(t *testing.T) {
 				_, _ = w.Write(wrongBlob)
 				return true
 			}},
+		{name: "HTML page instead of a manifest", target: "/v2/local/team/portal/manifests/v1", status: 502, code: codeManifestInvalid,
+			fault: upstreamManifest("team/portal", func(w http.ResponseWriter) {
+				w.Header().Set("Content-Type", "text/html")
+				_, _ = w.Write([]byte("<html><body>Please log in to the Wi-Fi</body></html>"))
+			})},
 		{name: "a layer through the manifests route", target: "/v2/local/team/big/manifests/" + bigDigest.String(), status: 0, code: ""},
 		{name: "blob answered 204", target: "/v2/local/team/nocontent/blobs/" + absent, status: 502, code: codeUnknown,
 			fault: func(w http.ResponseWriter, r *http.Request) bool {

@@ -174,41 +174,6 @@ func copyBuffered(dst io.Writer, src io.Reader) (int64, error) {
 	return io.CopyBuffer(struct{ io.Writer }{dst}, src, *bp)
 }
 
-// fillChunk is the least a fill reads from the upstream before it writes: TLS hands out records of 16 KiB,
-// and writing (and waking every streaming client) per record costs more than it saves in latency.
-const fillChunk = 128 << 10
-
-// copyChunked copies src to dst in writes of at least fillChunk bytes, except the last. A read error other
-// than io.EOF (a truncated body among them) is returned after what was read before it is written.
-func copyChunked(dst io.Writer, src io.Reader) (int64, error) {
-	bp := copyBuffers.Get().(*[]byte)
-	defer copyBuffers.Put(bp)
-	buf := *bp
-	var total int64
-	for {
-		n := 0
-		var rerr error
-		for n < fillChunk && rerr == nil {
-			var k int
-			k, rerr = src.Read(buf[n:])
-			n += k
-		}
-		if n > 0 {
-			w, werr := dst.Write(buf[:n])
-			total += int64(w)
-			if werr != nil {
-				return total, werr
-			}
-		}
-		if rerr == io.EOF {
-			return total, nil
-		}
-		if rerr != nil {
-			return total, rerr
-		}
-	}
-}
-
 // fills tracks the blob fills in progress, one per digest (DESIGN invariant 3).
 type fills struct {
 	mu sync.Mutex
@@ -279,7 +244,7 @@ func (h *Handler) runFill(ctx context.Context, req *request, d v1.Hash, f *fill)
 	if err := h.opts.Cache.Link(req.up.Name, req.repo, d); err != nil {
 		h.opts.Log.Error("linking a blob", "digest", d.String(), "error", err)
 	}
-	n, err := copyChunked(f.w, resp.Body)
+	n, err := copyBuffered(f.w, resp.Body)
 	m.BytesFetched.WithLabelValues(req.up.Name).Add(float64(n))
 	if err != nil {
 		err = fmt.Errorf("reading blob %s from upstream %s after %d bytes: %w", d, req.up.Name, n, err)

@@ -176,6 +176,11 @@ func (h *Handler) cachedManifest(d v1.Hash) (manifest, error) {
 		return manifest{}, err
 	}
 	defer f.Close()
+	if obj.MediaType == "" {
+		// Stored by a blob fill: the media type is unknown, so it is not served as a manifest from the cache;
+		// fetching it as a manifest fills the type in.
+		return manifest{}, cache.ErrNotFound
+	}
 	if obj.Size > h.opts.MaxManifestSize {
 		return manifest{}, errorf(codeManifestUnknown, "%s is a blob of %d bytes, not a manifest", d, obj.Size)
 	}
@@ -241,6 +246,10 @@ func (h *Handler) downloadManifest(ctx context.Context, req *request, ref string
 		if err != nil {
 			return manifest{}, err
 		}
+	}
+	if !looksLikeManifest(body) {
+		return manifest{}, &apiError{code: codeManifestInvalid, status: http.StatusBadGateway,
+			message: fmt.Sprintf("upstream %s answered with something that is not a manifest (Content-Type %q)", req.up.Name, resp.Header.Get("Content-Type"))}
 	}
 	m := manifest{digest: want, mediaType: manifestMediaType(resp.Header.Get("Content-Type"), body), body: body}
 	if err := h.storeManifest(req, m); err != nil {
@@ -345,6 +354,16 @@ func referencedDigests(body []byte) []v1.Hash {
 		add(l.BlobSum)
 	}
 	return out
+}
+
+// looksLikeManifest reports whether body is a JSON object shaped like a manifest or index (a schemaVersion, or a
+// media type), so that an HTML error page or a stray blob is never cached under a tag.
+func looksLikeManifest(body []byte) bool {
+	var v struct {
+		SchemaVersion *int   `json:"schemaVersion"`
+		MediaType     string `json:"mediaType"`
+	}
+	return json.Unmarshal(body, &v) == nil && (v.SchemaVersion != nil || v.MediaType != "")
 }
 
 // manifestMediaType picks the media type to serve a manifest with: the upstream's Content-Type when it is a
