@@ -44,8 +44,8 @@ type Writer struct {
 	// deliver the last byte, and a later failure to store it does not make the bytes they have wrong.
 	verified bool
 	err      error // why the write failed or was aborted
-	obj     Object
-	changed chan struct{} // closed and replaced on every change above
+	obj      Object
+	changed  chan struct{} // closed and replaced on every change above
 }
 
 // NewWriter starts storing content that should hash to d. size is the announced size, or -1 when unknown.
