@@ -10,6 +10,7 @@ import (
 	"io/fs"
 	"os"
 	"sync"
+	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 )
@@ -46,6 +47,9 @@ type Writer struct {
 	err      error // why the write failed or was aborted
 	obj      Object
 	changed  chan struct{} // closed and replaced on every change above
+	// announced is how much of written readers were woken for; a pending timer wakes them for the rest.
+	announced int64
+	wake      *time.Timer
 }
 
 // NewWriter starts storing content that should hash to d. size is the announced size, or -1 when unknown.
@@ -103,7 +107,7 @@ func (w *Writer) Write(p []byte) (int, error) {
 	w.h.Write(p[:n])
 	w.mu.Lock()
 	w.written += int64(n)
-	w.broadcast()
+	w.announce()
 	w.mu.Unlock()
 	if err != nil {
 		err = fmt.Errorf("cache: write %s: %w", w.digest, err)
@@ -226,8 +230,34 @@ func (w *Writer) move(path string, fn func() error) error {
 	return nil
 }
 
+// Readers are woken for new bytes once wakeBytes have accumulated, or wakeDelay after the first of them: one
+// wake-up per TLS record (16 KiB) from the upstream costs the streaming clients more than it gains them.
+const (
+	wakeBytes = 128 << 10
+	wakeDelay = 2 * time.Millisecond
+)
+
+// announce wakes readers for newly written bytes, batched by wakeBytes and wakeDelay. w.mu is held.
+func (w *Writer) announce() {
+	if w.written-w.announced >= wakeBytes {
+		w.broadcast()
+		return
+	}
+	if w.wake == nil {
+		w.wake = time.AfterFunc(wakeDelay, func() {
+			w.mu.Lock()
+			defer w.mu.Unlock()
+			w.wake = nil
+			if w.written > w.announced {
+				w.broadcast()
+			}
+		})
+	}
+}
+
 // broadcast wakes every waiting reader. w.mu is held.
 func (w *Writer) broadcast() {
+	w.announced = w.written
 	close(w.changed)
 	w.changed = make(chan struct{})
 }
