@@ -6,7 +6,6 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"io/fs"
@@ -391,13 +390,4 @@ func mustDigest(t testing.TB, d interface{ Digest() (v1.Hash, error) }) v1.Hash 
 		t.Fatal(err)
 	}
 	return h
-}
-
-var errInjected = errors.New("injected")
-
-// ctxTimeout is a bounded context for client calls in tests.
-func ctxTimeout(t testing.TB) context.Context {
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	t.Cleanup(cancel)
-	return ctx
 }

@@ -1,7 +1,6 @@
 package proxy
 
 import (
-	"fmt"
 	"regexp"
 	"strings"
 
@@ -140,5 +139,3 @@ func parseDigest(s string) (v1.Hash, error) {
 
 // isDigest reports whether a manifest reference is a digest rather than a tag.
 func isDigest(ref string) bool { return strings.Contains(ref, ":") }
-
-func (r route) String() string { return fmt.Sprintf("%s %s %s", r.kind, r.name, r.ref) }
