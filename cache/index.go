@@ -247,7 +247,7 @@ func (c *Cache) Link(upstream, repo string, d v1.Hash) error {
 	if err != nil {
 		return err
 	}
-	return c.set(badger.NewEntry(k, nil))
+	return c.linkKeep(k)
 }
 
 // Linked reports whether Link was called for this upstream, repository and digest.
