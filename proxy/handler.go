@@ -6,6 +6,7 @@
 package proxy
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -13,7 +14,6 @@ import (
 	"log/slog"
 	"net/http"
 	"slices"
-	"strings"
 	"sync"
 	"time"
 
@@ -34,6 +34,10 @@ type Upstream struct {
 	Name string
 	// Hosts are further names that select this upstream in ns ("registry-1.docker.io", "index.docker.io").
 	Hosts []string
+	// Identity names the registry behind the upstream (its URL). When the registry a Name stands for changes,
+	// what pullgate cached under the Name (tags, repository links, referrers) is dropped at New, so that nothing
+	// of the old registry is served as the new one's. Empty means the Name is the identity.
+	Identity string
 	// DockerHub adds "library/" to single-element repository names, as Docker Hub expects.
 	DockerHub bool
 	// Fetcher talks to it. Required.
@@ -56,6 +60,11 @@ type Options struct {
 	FillTimeout time.Duration
 	// MaxManifestSize is the largest manifest accepted from an upstream. Zero means 4 MiB.
 	MaxManifestSize int64
+	// Authenticator establishes who sent a request; nil means every client is anonymous.
+	Authenticator Authenticator
+	// Authorizer decides which identity may pull which repository; nil means every identity may pull everything
+	// the Policy allows.
+	Authorizer Authorizer
 	// Policy decides which repositories may be pulled and which tags are immutable. Zero allows everything.
 	Policy Policy
 	// Metrics receives the counters; nil means a private, unexported set.
@@ -126,6 +135,17 @@ func New(opts Options) (*Handler, error) {
 	if opts.Default != "" && h.upstreams[opts.Default] == nil {
 		return nil, fmt.Errorf("proxy: default upstream %q is not configured", opts.Default)
 	}
+	for _, u := range opts.Upstreams {
+		identity := cmp.Or(u.Identity, u.Name)
+		changed, previous, err := opts.Cache.BindUpstream(u.Name, identity)
+		if err != nil {
+			return nil, fmt.Errorf("proxy: recording the identity of upstream %s: %w", u.Name, err)
+		}
+		if changed {
+			h.opts.Log.Warn("upstream names another registry than before: its cached tags and links were dropped",
+				"upstream", u.Name, "was", previous, "now", identity)
+		}
+	}
 	return h, nil
 }
 
@@ -162,12 +182,15 @@ func (h *Handler) detached(ctx context.Context) (fctx context.Context, done func
 	}
 }
 
-// request is one API request after routing: where it goes, and what the pull log will say about it.
+// request is one API request after routing: where it goes, who asks, and what the pull log will say about it.
 type request struct {
 	route
 	up   *Upstream
 	repo string // repository at the upstream ("library/nginx")
 	ns   string // the ns query parameter as sent, echoed in OCI-Namespace
+
+	// Set by the authenticate layer.
+	identity Identity
 
 	// Filled in by handlers for the pull log.
 	cache     string // hit, miss, stale, revalidated
@@ -176,38 +199,29 @@ type request struct {
 	note      string // tag_mutation and the like
 }
 
-// ServeHTTP routes one request, lets the route's handler answer, and writes the pull log line.
+// ServeHTTP answers one registry API request. It is a list of layers, each in its own file: routing, then
+// authentication, authorization and policy, then the route's handler; the first layer that refuses ends the
+// list with an error, and finish (the access log) turns it into the one OCI error answer and the pull log line.
 func (h *Handler) ServeHTTP(rw http.ResponseWriter, r *http.Request) {
-	start := h.opts.Now()
-	w := &recorder{ResponseWriter: rw}
-	var req *request
-	var err error
-	if r.Method != http.MethodGet && r.Method != http.MethodHead {
-		// Checked before routing, so that push routes (blobs/uploads/...) are answered as such.
-		req = &request{}
-		err = &apiError{code: codeUnsupported, message: fmt.Sprintf("pullgate is a read-only pull-through cache: %s is not supported", r.Method)}
-	} else {
-		req, err = h.route(r)
+	w := &recorder{ResponseWriter: rw, start: h.opts.Now()}
+	req := &request{}
+	err := h.routeRequest(r, req)
+	if err == nil {
+		err = h.authenticate(r, req)
+	}
+	if err == nil {
+		err = h.authorize(r, req)
+	}
+	if err == nil {
+		err = h.policy(r, req)
 	}
 	if err == nil {
 		err = h.serve(w, r, req)
 	}
-	var ae *apiError
-	started := w.status != 0 // headers went out before the error: it cannot be reported in a body
-	if err != nil {
-		ae = toAPIError(err, req.kind)
-		if errors.Is(err, context.Canceled) && r.Context().Err() != nil {
-			ae.message = "client went away"
-		}
-		writeError(w, r, ae)
-	}
-	h.logPull(r, req, w, ae, start)
-	if ae != nil && started {
-		// The response had started: the only honest thing left is to cut the stream so the client sees an error.
-		panic(http.ErrAbortHandler)
-	}
+	h.finish(w, r, req, err)
 }
 
+// serve is the last layer: the handler of the route family.
 func (h *Handler) serve(w *recorder, r *http.Request, req *request) error {
 	w.Header().Set("Docker-Distribution-API-Version", "registry/2.0")
 	if req.ns != "" {
@@ -234,43 +248,6 @@ func (h *Handler) serve(w *recorder, r *http.Request, req *request) error {
 	return errorf(codeNotFound, "no such route")
 }
 
-// route parses the path and picks the upstream: ?ns=, else a first path element that names an upstream, else
-// the default.
-func (h *Handler) route(r *http.Request) (*request, error) {
-	rt, err := parseRoute(r.URL.EscapedPath())
-	req := &request{route: rt}
-	if err != nil || rt.kind == kindBase {
-		return req, err
-	}
-	req.repo = rt.name
-	if ns := r.URL.Query().Get("ns"); ns != "" {
-		req.ns = ns
-		req.up = h.upstreams[ns]
-		if req.up == nil {
-			return req, errorf(codeNameUnknown, "ns=%q names no upstream configured in pullgate (configured: %s)", ns, strings.Join(h.names(), ", "))
-		}
-	} else if first, rest, ok := strings.Cut(rt.name, "/"); ok && h.upstreams[first] != nil {
-		req.up, req.repo = h.upstreams[first], rest
-	} else if ok && strings.Contains(first, ":") {
-		return req, errorf(codeNameUnknown, "%q names no upstream configured in pullgate (configured: %s)", first, strings.Join(h.names(), ", "))
-	} else if h.opts.Default != "" {
-		req.up = h.upstreams[h.opts.Default]
-	} else {
-		return req, errorf(codeNameUnknown, "%q names no configured upstream and no default upstream is set", rt.name)
-	}
-	if req.up.DockerHub && !strings.Contains(req.repo, "/") {
-		req.repo = "library/" + req.repo
-	}
-	if len(req.repo) > maxNameLength {
-		return req, errorf(codeNameInvalid, "repository name %q at upstream %s is %d characters, the limit is %d", req.repo, req.up.Name, len(req.repo), maxNameLength)
-	}
-	if !h.opts.Policy.allowed(req.up.Name, req.repo) {
-		h.opts.Metrics.PolicyDenials.WithLabelValues(req.up.Name).Inc()
-		return req, errorf(codeDenied, "%s/%s is not on pullgate's allow-list", req.up.Name, req.repo)
-	}
-	return req, nil
-}
-
 func (h *Handler) names() []string {
 	var names []string
 	for n := range h.upstreams {
@@ -287,75 +264,4 @@ func (h *Handler) fetch(ctx context.Context, req *request, method string, k kind
 		kindPath = "tags/list"
 	}
 	return req.up.Fetcher.Fetch(ctx, upstream.Request{Method: method, Repo: req.repo, Kind: kindPath, Ref: ref, Header: hdr})
-}
-
-// recorder remembers what was sent, for the pull log and for writeError.
-type recorder struct {
-	http.ResponseWriter
-	status int
-	bytes  int64
-}
-
-func (w *recorder) WriteHeader(code int) {
-	if w.status == 0 {
-		w.status = code
-	}
-	w.ResponseWriter.WriteHeader(code)
-}
-
-func (w *recorder) Write(p []byte) (int, error) {
-	if w.status == 0 {
-		w.status = http.StatusOK
-	}
-	n, err := w.ResponseWriter.Write(p)
-	w.bytes += int64(n)
-	return n, err
-}
-
-// Unwrap lets http.ResponseController reach the underlying writer.
-func (w *recorder) Unwrap() http.ResponseWriter { return w.ResponseWriter }
-
-// logPull writes the pull log line and counts the request.
-func (h *Handler) logPull(r *http.Request, req *request, w *recorder, ae *apiError, start time.Time) {
-	d := h.opts.Now().Sub(start)
-	st := w.status
-	if st == 0 {
-		st = http.StatusOK
-	}
-	up := ""
-	if req.up != nil {
-		up = req.up.Name
-	}
-	kindLabel := string(req.kind)
-	if kindLabel == "" {
-		kindLabel = "invalid"
-	}
-	h.opts.Metrics.Requests.WithLabelValues(kindLabel, fmt.Sprint(st), req.cache).Inc()
-	h.opts.Metrics.RequestDuration.WithLabelValues(kindLabel).Observe(d.Seconds())
-	attrs := []slog.Attr{
-		slog.String("remote", r.RemoteAddr),
-		slog.String("method", r.Method),
-		slog.String("path", r.URL.Path),
-		slog.String("upstream", up),
-		slog.String("repository", req.repo),
-		slog.String("reference", req.ref),
-		slog.String("digest", req.digest),
-		slog.String("media_type", req.mediaType),
-		slog.Int("status", st),
-		slog.Int64("bytes", w.bytes),
-		slog.String("cache", req.cache),
-		slog.Float64("duration_ms", float64(d.Microseconds())/1000),
-		slog.String("user_agent", r.UserAgent()),
-	}
-	if req.note != "" {
-		attrs = append(attrs, slog.String("event", req.note))
-	}
-	level := slog.LevelInfo
-	if ae != nil {
-		attrs = append(attrs, slog.String("error_code", string(ae.code)), slog.String("error", ae.Error()))
-		if st >= 500 {
-			level = slog.LevelWarn
-		}
-	}
-	h.opts.Log.LogAttrs(r.Context(), level, "pull", attrs...)
 }

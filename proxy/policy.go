@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"fmt"
+	"net/http"
 	"regexp"
 	"strings"
 )
@@ -75,3 +76,12 @@ func (p Policy) allowed(upstream, repo string) bool {
 }
 
 func (p Policy) immutable(tag string) bool { return matchAny(p.ImmutableTags, tag) }
+
+// policy is the layer that applies the allow-list: a repository no pattern allows is refused, whoever asks.
+func (h *Handler) policy(_ *http.Request, req *request) error {
+	if req.up == nil || h.opts.Policy.allowed(req.up.Name, req.repo) {
+		return nil
+	}
+	h.opts.Metrics.PolicyDenials.WithLabelValues(req.up.Name).Inc()
+	return errorf(codeDenied, "%s/%s is not on pullgate's allow-list", req.up.Name, req.repo)
+}

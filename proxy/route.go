@@ -1,6 +1,8 @@
 package proxy
 
 import (
+	"fmt"
+	"net/http"
 	"regexp"
 	"strings"
 
@@ -139,3 +141,40 @@ func parseDigest(s string) (v1.Hash, error) {
 
 // isDigest reports whether a manifest reference is a digest rather than a tag.
 func isDigest(ref string) bool { return strings.Contains(ref, ":") }
+
+// routeRequest is the routing layer: it refuses methods other than GET and HEAD, parses the path once and
+// picks the upstream: ?ns=, else a first path element that names an upstream, else the default.
+func (h *Handler) routeRequest(r *http.Request, req *request) error {
+	if r.Method != http.MethodGet && r.Method != http.MethodHead {
+		// Checked before parsing, so that push routes (blobs/uploads/...) are answered as such.
+		return &apiError{code: codeUnsupported, message: fmt.Sprintf("pullgate is a read-only pull-through cache: %s is not supported", r.Method)}
+	}
+	rt, err := parseRoute(r.URL.EscapedPath())
+	req.route = rt
+	if err != nil || rt.kind == kindBase {
+		return err
+	}
+	req.repo = rt.name
+	if ns := r.URL.Query().Get("ns"); ns != "" {
+		req.ns = ns
+		req.up = h.upstreams[ns]
+		if req.up == nil {
+			return errorf(codeNameUnknown, "ns=%q names no upstream configured in pullgate (configured: %s)", ns, strings.Join(h.names(), ", "))
+		}
+	} else if first, rest, ok := strings.Cut(rt.name, "/"); ok && h.upstreams[first] != nil {
+		req.up, req.repo = h.upstreams[first], rest
+	} else if ok && strings.Contains(first, ":") {
+		return errorf(codeNameUnknown, "%q names no upstream configured in pullgate (configured: %s)", first, strings.Join(h.names(), ", "))
+	} else if h.opts.Default != "" {
+		req.up = h.upstreams[h.opts.Default]
+	} else {
+		return errorf(codeNameUnknown, "%q names no configured upstream and no default upstream is set", rt.name)
+	}
+	if req.up.DockerHub && !strings.Contains(req.repo, "/") {
+		req.repo = "library/" + req.repo
+	}
+	if len(req.repo) > maxNameLength {
+		return errorf(codeNameInvalid, "repository name %q at upstream %s is %d characters, the limit is %d", req.repo, req.up.Name, len(req.repo), maxNameLength)
+	}
+	return nil
+}
