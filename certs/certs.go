@@ -29,6 +29,7 @@ import (
 type Reloader struct {
 	certFile, keyFile string
 	now               func() time.Time
+	onReload          func(error)
 
 	mu      sync.Mutex
 	cert    *tls.Certificate
@@ -36,12 +37,17 @@ type Reloader struct {
 	checked time.Time // last time the files were stat'ed
 }
 
-// NewReloader loads the key pair and returns a Reloader for it. now may be nil (time.Now).
-func NewReloader(certFile, keyFile string, now func() time.Time) (*Reloader, error) {
+// NewReloader loads the key pair and returns a Reloader for it. now may be nil (time.Now). onReload, when not
+// nil, is called after every reload that a change of the files caused, with nil or with why the new files were
+// not taken (the previous pair then stays in use), so that a failed rotation is logged and counted.
+func NewReloader(certFile, keyFile string, now func() time.Time, onReload func(error)) (*Reloader, error) {
 	if now == nil {
 		now = time.Now
 	}
-	r := &Reloader{certFile: certFile, keyFile: keyFile, now: now}
+	if onReload == nil {
+		onReload = func(error) {}
+	}
+	r := &Reloader{certFile: certFile, keyFile: keyFile, now: now, onReload: onReload}
 	if err := r.load(); err != nil {
 		return nil, err
 	}
@@ -80,8 +86,18 @@ func (r *Reloader) GetCertificate(*tls.ClientHelloInfo) (*tls.Certificate, error
 	defer r.mu.Unlock()
 	if now := r.now(); now.Sub(r.checked) >= time.Second {
 		r.checked = now
-		if stamp, err := r.fileStamp(); err == nil && stamp != r.stamp {
-			_ = r.load() // on failure r.cert is unchanged
+		stamp, err := r.fileStamp()
+		if err != nil {
+			stamp = "unreadable: " + err.Error()
+		}
+		if stamp != r.stamp {
+			if err == nil {
+				err = r.load() // on failure r.cert is unchanged
+			}
+			if err != nil {
+				r.stamp = stamp // report a bad state once, not every second
+			}
+			r.onReload(err)
 		}
 	}
 	return r.cert, nil

@@ -74,7 +74,9 @@ func TestReloaderPicksUpRotation(t *testing.T) {
 	}
 	var mu sync.Mutex
 	clock := now
-	r, err := NewReloader(la.CertFile, la.KeyFile, func() time.Time { mu.Lock(); defer mu.Unlock(); return clock })
+	var reloads []error
+	r, err := NewReloader(la.CertFile, la.KeyFile, func() time.Time { mu.Lock(); defer mu.Unlock(); return clock },
+		func(err error) { reloads = append(reloads, err) })
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -107,5 +109,14 @@ func TestReloaderPicksUpRotation(t *testing.T) {
 	third, err := r.GetCertificate(nil)
 	if err != nil || !bytes.Equal(third.Certificate[0], second.Certificate[0]) {
 		t.Fatalf("a half-written rotation replaced the good certificate (%v)", err)
+	}
+	// Each reload is reported once: the good one with nil, the broken one with its error, and the broken
+	// files are not reported again every second.
+	mu.Lock()
+	clock = clock.Add(2 * time.Second)
+	mu.Unlock()
+	_, _ = r.GetCertificate(nil)
+	if len(reloads) != 2 || reloads[0] != nil || reloads[1] == nil {
+		t.Fatalf("reload reports %v, want [nil, <error>]", reloads)
 	}
 }

@@ -13,12 +13,15 @@ import (
 // was complete (nginx's 499). Nothing is sent: there is no one to send it to.
 const statusClientClosed = 499
 
-// recorder remembers what was sent, for the pull log and for writeError.
+// recorder remembers what was sent, for the pull log and for writeError, and holds every write to a deadline
+// that moves on with each write, so that a client that stops reading frees its connection and goroutine after
+// WriteTimeout while a slow but moving download goes on.
 type recorder struct {
 	http.ResponseWriter
-	start  time.Time
-	status int
-	bytes  int64
+	start        time.Time
+	status       int
+	bytes        int64
+	writeTimeout time.Duration // 0: no deadline; net/http lifts it when the request ends
 }
 
 func (w *recorder) WriteHeader(code int) {
@@ -31,6 +34,10 @@ func (w *recorder) WriteHeader(code int) {
 func (w *recorder) Write(p []byte) (int, error) {
 	if w.status == 0 {
 		w.status = http.StatusOK
+	}
+	if w.writeTimeout > 0 {
+		// Real time on purpose: deadlines are for the network, not for the injected clock.
+		_ = http.NewResponseController(w.ResponseWriter).SetWriteDeadline(time.Now().Add(w.writeTimeout))
 	}
 	n, err := w.ResponseWriter.Write(p)
 	w.bytes += int64(n)

@@ -58,6 +58,10 @@ type Options struct {
 	NegativeTTL time.Duration
 	// FillTimeout bounds one upstream fill of a blob, independent of the clients waiting on it. Zero means 1 hour.
 	FillTimeout time.Duration
+	// WriteTimeout is how long one write of a response may take: each write moves the deadline on, so a slow
+	// download that makes progress goes on, and a client that stopped reading is cut off. Zero means 1 minute;
+	// negative means no deadline.
+	WriteTimeout time.Duration
 	// MaxManifestSize is the largest manifest accepted from an upstream. Zero means 4 MiB.
 	MaxManifestSize int64
 	// Authenticator establishes who sent a request; nil means every client is anonymous.
@@ -84,6 +88,9 @@ func (o Options) withDefaults() Options {
 	}
 	if o.FillTimeout == 0 {
 		o.FillTimeout = time.Hour
+	}
+	if o.WriteTimeout == 0 {
+		o.WriteTimeout = time.Minute
 	}
 	if o.MaxManifestSize == 0 {
 		o.MaxManifestSize = 4 << 20
@@ -203,7 +210,7 @@ type request struct {
 // authentication, authorization and policy, then the route's handler; the first layer that refuses ends the
 // list with an error, and finish (the access log) turns it into the one OCI error answer and the pull log line.
 func (h *Handler) ServeHTTP(rw http.ResponseWriter, r *http.Request) {
-	w := &recorder{ResponseWriter: rw, start: h.opts.Now()}
+	w := &recorder{ResponseWriter: rw, start: h.opts.Now(), writeTimeout: h.opts.WriteTimeout}
 	req := &request{}
 	err := h.routeRequest(r, req)
 	if err == nil {

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"net/http"
 	"strings"
@@ -144,3 +145,46 @@ func TestAuthorizeBeforeCache(t *testing.T) {
 		}
 	}
 }
+
+// TestStalledReaderIsCutOff holds that a client that stops reading a blob does not pin its handler: each
+// write has a deadline that moves on with progress, so the handler ends, logs and frees the connection.
+func TestStalledReaderIsCutOff(t *testing.T) {
+	tests := []struct {
+		name  string
+		http2 bool
+	}{{"HTTP/2", true}, {"HTTP/1.1", false}}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			e := newEnv(t, func(o *Options) { o.WriteTimeout = 100 * time.Millisecond })
+			blob, d := layerBlob(t, 32<<20)
+			e.up.pushBlob(t, "team/app", blob, d)
+			path := "/v2/team/app/blobs/" + d.String()
+			if resp, _ := e.get(path); resp.StatusCode != http.StatusOK { // warm: served from the cache
+				t.Fatalf("warm: %d", resp.StatusCode)
+			}
+			tr := e.srv.Client().Transport.(*http.Transport).Clone()
+			if !tt.http2 {
+				tr.ForceAttemptHTTP2 = false
+				tr.TLSNextProto = map[string]func(string, *tls.Conn) http.RoundTripper{}
+				tr.TLSClientConfig = tr.TLSClientConfig.Clone()
+				tr.TLSClientConfig.NextProtos = []string{"http/1.1"}
+			}
+			defer tr.CloseIdleConnections()
+			resp, err := (&http.Client{Transport: tr}).Get(e.srv.URL + path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer resp.Body.Close() // never read: the client has stalled
+			waitFor(t, "the stalled request's pull log line", func() bool {
+				n := 0
+				for _, l := range e.logs.lines() {
+					if l["msg"] == "pull" && l["path"] == path {
+						n++
+					}
+				}
+				return n == 2
+			})
+		})
+	}
+}
+
