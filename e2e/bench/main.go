@@ -1,9 +1,12 @@
 // Command bench measures pullgate beside distribution's pull-through cache (docker-registry in proxy mode, "the
-// peer") and the plain upstream, on loopback, in one run, and prints one table.
+// peer"), a bare reverse proxy with no cache and the plain upstream, on loopback, in one run, and prints one
+// table.
 //
 // Run it from the module root: go run ./e2e/bench [-duration 4s]. It needs docker-registry (Debian's
-// distribution 2.8) and builds ./cmd/pullgate. Both caches reach the upstream through their own counting proxy,
-// and "direct" pulls go through a third, so that every path has the same extra hop.
+// distribution 2.8) and builds ./cmd/pullgate. Each of the four paths (pullgate, the peer, the bare proxy and
+// "direct" pulls) reaches the upstream through its own throttle and counting proxy, so that every path has the
+// same extra hops. The throttles pace each connection that the path opens (the way registry CDNs limit each
+// connection); they are unpaced except during the throttled cold pull.
 package main
 
 import (
@@ -25,7 +28,10 @@ import (
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/empty"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/types"
 	"github.com/pullgate/pullgate/e2e"
 )
 
@@ -35,8 +41,12 @@ var (
 	dataDir   = flag.String("data-dir", "", "pullgate's data directory (default: in the work directory)")
 	conns     = flag.Int("conns", 64, "connections for the manifest runs")
 	blobConns = flag.Int("blob-conns", 8, "connections for the blob runs")
-	coldRuns  = flag.Int("cold-runs", 5, "cold pulls per target (the median is reported)")
-	layerSize = flag.Int64("layer-size", 2<<20, "bytes of random data in each layer of the cold 10-layer image")
+	coldRuns  = flag.Int("cold-runs", 5, "cold pulls per target, interleaved between targets (the median is reported)")
+	layerSize = flag.Int64("layer-size", 2<<20, "bytes of random data in each layer of the unthrottled cold 10-layer image")
+	parallel  = flag.Int("parallel", 3, "blobs a cold pull fetches at once (containerd's default max_concurrent_downloads)")
+	connRate  = flag.Int64("conn-rate", 20e6, "bytes/s each upstream connection gets in the throttled cold pull")
+	slowN     = flag.Int("throttled-layers", 10, "layers of the image of the throttled cold pull")
+	slowSize  = flag.Int64("throttled-layer-size", 5e6, "bytes in each layer of the image of the throttled cold pull")
 	keep      = flag.Bool("keep", false, "keep the work directory")
 )
 
@@ -51,10 +61,10 @@ func main() {
 
 // target is one registry that clients pull from.
 type target struct {
-	name  string
-	url   string // https://host:port
-	host  string
-	count *e2e.CountingProxy // its path to the upstream
+	name     string
+	url      string             // https://host:port
+	count    *e2e.CountingProxy // its path to the upstream
+	throttle *e2e.Throttle      // in front of count: the connections the target opens to the upstream
 }
 
 func run() error {
@@ -99,19 +109,25 @@ func run() error {
 		return err
 	}
 	defer up.Kill()
-	var proxies [3]*e2e.CountingProxy
+	// One path to the upstream for each of pullgate, the peer, direct pulls and the bare proxy.
+	var proxies [4]*e2e.CountingProxy
+	var throttles [4]*e2e.Throttle
 	for i := range proxies {
 		if proxies[i], err = e2e.StartCountingProxy(up.URL, ca, certFile, keyFile); err != nil {
 			return err
 		}
 		defer proxies[i].Close()
+		if throttles[i], err = e2e.StartThrottle(proxies[i].Addr, 0); err != nil {
+			return err
+		}
+		defer throttles[i].Close()
 	}
 	pgData := *dataDir
 	if pgData == "" {
 		pgData = filepath.Join(dir, "pullgate-data")
 	}
 	pg, err := e2e.StartPullgate(ctx, e2e.PullgateOptions{Bin: bin, DataDir: pgData, LogDir: logDir,
-		CertFile: certFile, KeyFile: keyFile, CA: ca, Upstreams: "local=" + proxies[0].URL, Default: "local",
+		CertFile: certFile, KeyFile: keyFile, CA: ca, Upstreams: "local=" + throttles[0].URL, Default: "local",
 		UpstreamCAFile: ca.CertFile, Env: []string{"PULLGATE_LOG_LEVEL=warn"}})
 	if err != nil {
 		return err
@@ -122,14 +138,20 @@ func run() error {
 		}
 	}()
 	peer, err := e2e.StartRegistry(ctx, e2e.RegistryOptions{Name: "peer", Dir: filepath.Join(dir, "peer"), LogDir: logDir,
-		CertFile: certFile, KeyFile: keyFile, CA: ca, ProxyRemoteURL: proxies[1].URL, ProxyCAFile: ca.CertFile})
+		CertFile: certFile, KeyFile: keyFile, CA: ca, ProxyRemoteURL: throttles[1].URL, ProxyCAFile: ca.CertFile})
 	if err != nil {
 		return err
 	}
 	defer peer.Kill()
-	pgT := target{name: "pullgate", url: pg.URL, host: pg.Addr, count: proxies[0]}
-	peerT := target{name: "peer", url: peer.URL, host: peer.Addr, count: proxies[1]}
-	directT := target{name: "direct", url: proxies[2].URL, host: proxies[2].Addr, count: proxies[2]}
+	bareURL, stopBare, err := bareProxy(throttles[3].URL, ca.Pool, certFile, keyFile)
+	if err != nil {
+		return err
+	}
+	defer stopBare()
+	pgT := target{name: "pullgate", url: pg.URL, count: proxies[0], throttle: throttles[0]}
+	peerT := target{name: "peer", url: peer.URL, count: proxies[1], throttle: throttles[1]}
+	directT := target{name: "direct", url: throttles[2].URL, count: proxies[2], throttle: throttles[2]}
+	bareT := target{name: "bare proxy", url: bareURL, count: proxies[3], throttle: throttles[3]}
 
 	log.Printf("filling the upstream")
 	fix, err := e2e.Seed(ctx, up.Addr, e2e.SeedOptions{Transport: rt})
@@ -141,11 +163,18 @@ func run() error {
 
 	// The ceiling: the same 50 MB blob from a bare Go TLS file server.
 	blobFile := filepath.Join(up.StorageDir, "docker/registry/v2/blobs/sha256", bigLayer.Hex[:2], bigLayer.Hex, "data")
-	ceiling, stopCeiling, err := fileServer(blobFile, certFile, keyFile)
+	ceiling, stopCeiling, err := fileServer(blobFile, "application/octet-stream", certFile, keyFile)
 	if err != nil {
 		return err
 	}
 	defer stopCeiling()
+	// The ceiling of a warm manifest by digest: the manifest's bytes from a bare Go TLS file server.
+	manifestFile := filepath.Join(up.StorageDir, "docker/registry/v2/blobs/sha256", small.Digest.Hex[:2], small.Digest.Hex, "data")
+	mCeiling, stopMCeiling, err := fileServer(manifestFile, string(small.MediaType), certFile, keyFile)
+	if err != nil {
+		return err
+	}
+	defer stopMCeiling()
 
 	var rows []row
 	tagPath := "/v2/" + small.Repo + "/manifests/" + small.Tag
@@ -161,54 +190,55 @@ func run() error {
 		}
 	}
 
-	for _, m := range []struct{ what, path string }{{"tag", tagPath}, {"digest", digestPath}} {
-		log.Printf("warm manifest by %s: %d connections, %d x %v each", m.what, *conns, *rounds, *duration)
-		r := loadRounds(ctx, ca, *conns, *duration, pgT.url+m.path, peerT.url+m.path)
-		a, b := r[0], r[1]
-		target := ""
-		if m.what == "tag" {
-			target = ">= 20x peer"
-		}
-		rows = append(rows,
-			row{fmt.Sprintf("warm manifest by %s, req/s (%d conns)", m.what, *conns), f0(a.rps()), f0(b.rps()), ratio(a.rps(), b.rps()), a.errNote() + b.errNote(), target, meets(a.rps() >= 20*b.rps(), target)},
-			row{fmt.Sprintf("warm manifest by %s, p99", m.what), ms(a.p99()), ms(b.p99()), ratio(float64(a.p99()), float64(b.p99())), "", "", ""})
-	}
+	log.Printf("warm manifest by tag: %d connections, %d x %v each", *conns, *rounds, *duration)
+	r := loadRounds(ctx, ca, *conns, *duration, pgT.url+tagPath, peerT.url+tagPath)
+	a, b := r[0], r[1]
+	rows = append(rows,
+		row{fmt.Sprintf("warm manifest by tag, req/s (%d conns)", *conns), f0(a.rps()), f0(b.rps()), ratio(a.rps(), b.rps()), a.errNote() + b.errNote(), ">= 20x peer", meets(a.rps() >= 20*b.rps(), "x")},
+		row{"warm manifest by tag, p99", ms(a.p99()), ms(b.p99()), ratio(float64(a.p99()), float64(b.p99())), "", "", ""})
+
+	log.Printf("warm manifest by digest: %d connections, %d x %v each (pullgate, peer, Go file server)", *conns, *rounds, *duration)
+	r = loadRounds(ctx, ca, *conns, *duration, pgT.url+digestPath, peerT.url+digestPath, mCeiling+digestPath)
+	a, b, c := r[0], r[1], r[2]
+	rows = append(rows,
+		row{fmt.Sprintf("warm manifest by digest, req/s (%d conns)", *conns), f0(a.rps()), f0(b.rps()), ratio(a.rps(), b.rps()),
+			fmt.Sprintf("%sGo file server (same bytes) %s req/s; pullgate/ceiling %s", a.errNote()+b.errNote()+c.errNote(), f0(c.rps()), ratio(a.rps(), c.rps())),
+			">= 0.9x ceiling", meets(a.rps() >= 0.9*c.rps(), "x")},
+		row{"warm manifest by digest, p99", ms(a.p99()), ms(b.p99()), ratio(float64(a.p99()), float64(b.p99())), "Go file server " + ms(c.p99()), "", ""})
 
 	log.Printf("warm 50 MB blob: %d connections, %d x %v each (pullgate, peer, Go file server)", *blobConns, *rounds, *duration)
-	r := loadRounds(ctx, ca, *blobConns, *duration, pgT.url+blobPath, peerT.url+blobPath, ceiling+blobPath)
-	a, b, c := r[0], r[1], r[2]
+	r = loadRounds(ctx, ca, *blobConns, *duration, pgT.url+blobPath, peerT.url+blobPath, ceiling+blobPath)
+	a, b, c = r[0], r[1], r[2]
 	rows = append(rows,
 		row{fmt.Sprintf("warm 50 MB blob, MB/s (%d conns)", *blobConns), f0(a.mbps()), f0(b.mbps()), ratio(a.mbps(), b.mbps()),
 			fmt.Sprintf("Go file server %s MB/s; pullgate/ceiling %s", f0(c.mbps()), ratio(a.mbps(), c.mbps())), ">= 0.9x ceiling", meets(a.mbps() >= 0.9*c.mbps(), "x")},
 		row{"warm 50 MB blob, p99 per GET", ms(a.p99()), ms(b.p99()), ratio(float64(a.p99()), float64(b.p99())), "Go file server " + ms(c.p99()), "", ""})
 
-	log.Printf("cold pull of fresh 10-layer images (%d each)", *coldRuns)
-	cold := map[string][]time.Duration{}
-	coldReqs := map[string]string{}
-	for i := range *coldRuns {
-		for _, t := range []target{pgT, peerT, directT} {
-			img, err := e2e.PlatformImage(10, *layerSize, v1.Platform{OS: "linux", Architecture: runtime.GOARCH})
-			if err != nil {
-				return err
-			}
-			im, err := e2e.PushImage(up.Addr, fmt.Sprintf("bench/cold-%s-%d", t.name, i), "v1", img, remote.WithContext(ctx), remote.WithTransport(rt))
-			if err != nil {
-				return err
-			}
-			t.count.Reset()
-			d, err := coldPull(ctx, ca, t.url, im)
-			if err != nil {
-				return fmt.Errorf("cold pull through %s: %w", t.name, err)
-			}
-			cold[t.name] = append(cold[t.name], d)
-			coldReqs[t.name] = upstreamRequests(t.count)
-		}
+	coldTargets := []target{pgT, bareT, directT, peerT}
+	log.Printf("cold pull of fresh 10-layer images, unthrottled (%d each)", *coldRuns)
+	unthrottled, err := coldPulls(ctx, up.Addr, rt, coldTargets, "cold", func() *http.Transport { return e2e.Transport(ca.Pool) },
+		func(uint64) (v1.Image, error) {
+			return e2e.PlatformImage(10, *layerSize, v1.Platform{OS: "linux", Architecture: runtime.GOARCH})
+		})
+	if err != nil {
+		return err
 	}
-	cp, cpeer, cdir := median(cold["pullgate"]), median(cold["peer"]), median(cold["direct"])
-	rows = append(rows, row{fmt.Sprintf("cold pull, 10 layers x %d MiB, median of %d", *layerSize>>20, *coldRuns), ms(cp), ms(cpeer), ratio(float64(cp), float64(cpeer)),
-		fmt.Sprintf("direct %s; pullgate/direct %s", ms(cdir), ratio(float64(cp), float64(cdir))), "<= 1.3x direct", meets(float64(cp) <= 1.3*float64(cdir), "x")})
+	rows = append(rows, unthrottled.rows(fmt.Sprintf("cold pull, 10 layers x %s, unthrottled, median of %d", size(*layerSize), *coldRuns), "unthrottled cold pull", "<= 1.3x direct", 1.3)...)
 
-	rows = append(rows, row{"cold pull: requests that reached the upstream", coldReqs["pullgate"], coldReqs["peer"], "", "direct " + coldReqs["direct"], "", ""})
+	log.Printf("cold pull of fresh %d-layer images, %s per upstream connection (%d each)", *slowN, rate(*connRate), *coldRuns)
+	for _, t := range coldTargets {
+		t.throttle.BytesPerSecond.Store(*connRate)
+	}
+	throttled, err := coldPulls(ctx, up.Addr, rt, coldTargets, "slow", func() *http.Transport { return http1Transport(ca.Pool) },
+		func(seed uint64) (v1.Image, error) { return layeredImage(*slowN, *slowSize, seed) })
+	for _, t := range coldTargets {
+		t.throttle.BytesPerSecond.Store(0)
+	}
+	if err != nil {
+		return err
+	}
+	rows = append(rows, throttled.rows(fmt.Sprintf("cold pull, %d layers x %s, %s per upstream connection, median of %d", *slowN, size(*slowSize), rate(*connRate), *coldRuns),
+		"throttled cold pull", "<= 0.7x direct", 0.7)...)
 
 	log.Printf("one client, one fresh 50 MB blob: time to first byte and total")
 	var ttfb, whole [3]time.Duration
@@ -269,7 +299,11 @@ func run() error {
 type row struct{ figure, pg, peer, ratio, reference, target, met string }
 
 func printTable(w io.Writer, rows []row) {
-	fmt.Fprintf(w, "\nMachine: %s, %d CPUs, %s RAM, %s, %s; docker-registry %s\n\n", cpuModel(), runtime.NumCPU(), memTotal(), kernel(), runtime.Version(), registryVersion())
+	fmt.Fprintf(w, "\nMachine: %s, %d CPUs, %s RAM, %s, %s; docker-registry %s\n", cpuModel(), runtime.NumCPU(), memTotal(), kernel(), runtime.Version(), registryVersion())
+	fmt.Fprintf(w, "Settings: warm load %d x %v per target (manifests %d conns, blobs %d conns); cold pulls: median of %d, interleaved, "+
+		"manifest then %d blobs at a time; unthrottled: 10 layers x %s, HTTP/2 client; throttled: %d layers x %s, "+
+		"%s per upstream connection (token bucket), HTTP/1.1 client\n\n",
+		*rounds, *duration, *conns, *blobConns, *coldRuns, *parallel, size(*layerSize), *slowN, size(*slowSize), rate(*connRate))
 	fmt.Fprintln(w, "| figure | pullgate | peer (distribution 2.8 proxy) | pullgate/peer | reference | target | met |")
 	fmt.Fprintln(w, "|---|---|---|---|---|---|---|")
 	for _, r := range rows {
@@ -406,17 +440,97 @@ func getOK(ctx context.Context, rt http.RoundTripper, url string) error {
 	return err
 }
 
-// coldPull pulls im's manifest, then its config and layers, four at a time (as containerd does by default), on a
-// fresh connection, and returns the wall time.
-func coldPull(ctx context.Context, ca *e2e.CA, base string, im e2e.Image) (time.Duration, error) {
-	t := e2e.Transport(ca.Pool)
+// coldSet is what one kind of cold pull measured, per target name, in the order the targets were given.
+type coldSet struct {
+	names []string
+	times map[string][]time.Duration
+	reqs  map[string]string // requests that reached the upstream in the last run
+	conns map[string]int    // upstream connections that carried answers in the last run
+}
+
+// coldPulls pulls a fresh image through each target, -cold-runs times, interleaved between the targets. Each
+// image is made by makeImage (from a seed), pushed to the upstream at upHost as bench/<prefix>-<target>-<run>,
+// and pulled with a fresh transport from newTransport.
+func coldPulls(ctx context.Context, upHost string, rt http.RoundTripper, targets []target, prefix string,
+	newTransport func() *http.Transport, makeImage func(seed uint64) (v1.Image, error)) (coldSet, error) {
+	s := coldSet{times: map[string][]time.Duration{}, reqs: map[string]string{}, conns: map[string]int{}}
+	for _, t := range targets {
+		s.names = append(s.names, t.name)
+	}
+	for i := range *coldRuns {
+		for _, t := range targets {
+			img, err := makeImage(uint64(time.Now().UnixNano()))
+			if err != nil {
+				return s, err
+			}
+			repo := fmt.Sprintf("bench/%s-%s-%d", prefix, strings.ReplaceAll(t.name, " ", "-"), i)
+			im, err := e2e.PushImage(upHost, repo, "v1", img, remote.WithContext(ctx), remote.WithTransport(rt))
+			if err != nil {
+				return s, err
+			}
+			t.count.Reset()
+			t.throttle.Reset()
+			d, err := coldPull(ctx, newTransport(), t.url, im)
+			if err != nil {
+				return s, fmt.Errorf("cold pull through %s: %w", t.name, err)
+			}
+			s.times[t.name] = append(s.times[t.name], d)
+			s.reqs[t.name] = upstreamRequests(t.count)
+			s.conns[t.name] = t.throttle.ActiveConns()
+		}
+	}
+	return s, nil
+}
+
+// rows are the table rows of s: the times under the figure what, then the upstream requests and connections
+// under short; goal is pullgate's goal as a factor of direct.
+func (s coldSet) rows(what, short, target string, goal float64) []row {
+	m := func(name string) time.Duration { return median(s.times[name]) }
+	pg, peer, bare, direct := m("pullgate"), m("peer"), m("bare proxy"), m("direct")
+	return []row{
+		{what, ms(pg), ms(peer), ratio(float64(pg), float64(peer)),
+			fmt.Sprintf("direct %s, bare proxy %s; pullgate/direct %s, pullgate/bare proxy %s", ms(direct), ms(bare),
+				ratio(float64(pg), float64(direct)), ratio(float64(pg), float64(bare))),
+			target, meets(float64(pg) <= goal*float64(direct), "x")},
+		{short + ": requests that reached the upstream (last run)", s.reqs["pullgate"], s.reqs["peer"], "",
+			"direct " + s.reqs["direct"] + ", bare proxy " + s.reqs["bare proxy"], "", ""},
+		{short + ": upstream connections that carried answers (last run)", fmt.Sprint(s.conns["pullgate"]), fmt.Sprint(s.conns["peer"]), "",
+			fmt.Sprintf("direct %d, bare proxy %d", s.conns["direct"], s.conns["bare proxy"]), "", ""},
+	}
+}
+
+// layeredImage makes an OCI image of n uncompressed layers of size random bytes each (from seed), for this
+// machine's platform.
+func layeredImage(n int, size int64, seed uint64) (v1.Image, error) {
+	img := mutate.ConfigMediaType(mutate.MediaType(empty.Image, types.OCIManifestSchema1), types.OCIConfigJSON)
+	for i := range n {
+		l, err := e2e.BigLayer(size, seed+uint64(i))
+		if err != nil {
+			return nil, err
+		}
+		if img, err = mutate.AppendLayers(img, l); err != nil {
+			return nil, err
+		}
+	}
+	cf, err := img.ConfigFile()
+	if err != nil {
+		return nil, err
+	}
+	cf = cf.DeepCopy()
+	cf.OS, cf.Architecture = "linux", runtime.GOARCH
+	return mutate.ConfigFile(img, cf)
+}
+
+// coldPull pulls im's manifest, then its config and layers, -parallel at a time (containerd's
+// max_concurrent_downloads), through t (fresh, closed at the end), and returns the wall time.
+func coldPull(ctx context.Context, t *http.Transport, base string, im e2e.Image) (time.Duration, error) {
 	defer t.CloseIdleConnections()
 	client := &http.Client{Transport: t, Timeout: 2 * time.Minute}
 	start := time.Now()
 	if _, err := get(ctx, client, base+"/v2/"+im.Repo+"/manifests/"+im.Tag); err != nil {
 		return 0, err
 	}
-	sem := make(chan struct{}, 4)
+	sem := make(chan struct{}, max(1, *parallel))
 	errs := make(chan error, len(im.Blobs))
 	for _, b := range im.Blobs {
 		sem <- struct{}{}
@@ -426,10 +540,14 @@ func coldPull(ctx context.Context, ca *e2e.CA, base string, im e2e.Image) (time.
 			errs <- err
 		}()
 	}
+	var first error
 	for range im.Blobs {
-		if err := <-errs; err != nil {
-			return 0, err
+		if err := <-errs; err != nil && first == nil {
+			first = err
 		}
+	}
+	if first != nil {
+		return 0, first
 	}
 	return time.Since(start), nil
 }
@@ -486,8 +604,12 @@ func herd(ctx context.Context, ca *e2e.CA, url string, n int) (time.Duration, er
 	return time.Since(start), first
 }
 
-// fileServer serves file at every path over TLS (HTTP/2) with http.ServeContent, and returns its URL.
-func fileServer(file, certFile, keyFile string) (string, func(), error) {
+// fileServer serves file as contentType at every path over TLS (HTTP/2) with http.ServeContent, and returns its
+// URL.
+func fileServer(file, contentType, certFile, keyFile string) (string, func(), error) {
+	if _, err := os.Stat(file); err != nil {
+		return "", nil, err
+	}
 	cert, err := tls.LoadX509KeyPair(certFile, keyFile)
 	if err != nil {
 		return "", nil, err
@@ -509,7 +631,7 @@ func fileServer(file, certFile, keyFile string) (string, func(), error) {
 				http.Error(w, err.Error(), http.StatusInternalServerError)
 				return
 			}
-			w.Header().Set("Content-Type", "application/octet-stream")
+			w.Header().Set("Content-Type", contentType)
 			http.ServeContent(w, r, "", fi.ModTime(), f)
 		}),
 		TLSConfig: &tls.Config{Certificates: []tls.Certificate{cert}, NextProtos: []string{"h2", "http/1.1"}},
@@ -542,6 +664,16 @@ func median(ds []time.Duration) time.Duration {
 	slices.Sort(s)
 	return s[len(s)/2]
 }
+
+// size is n bytes in MiB when a whole number of them, else in MB.
+func size(n int64) string {
+	if n >= 1<<20 && n%(1<<20) == 0 {
+		return fmt.Sprintf("%d MiB", n>>20)
+	}
+	return fmt.Sprintf("%g MB", float64(n)/1e6)
+}
+
+func rate(bps int64) string { return fmt.Sprintf("%g MB/s", float64(bps)/1e6) }
 
 func f0(v float64) string { return fmt.Sprintf("%.0f", v) }
 func ms(d time.Duration) string {
