@@ -13,9 +13,9 @@
 // a registry when it contains '.' or ':' or is "localhost"), for the default registry (Docker Hub) and for the
 // default tag ("latest"). It is stricter in the ways a proxy that keys caches and policies by name needs:
 //
-//   - The registry host is lowercased (ASCII only) and must be a DNS name with an optional port from 1 to
-//     65535 without leading zeros (no '_', no IPv6), so one registry has one spelling. Docker and go-containerregistry keep the
-//     case as written and accept any digits as a port.
+//   - The registry host is lowercased (ASCII only) and must be a DNS name (no '_') with an optional port from
+//     1 to 65535 without leading zeros, so one registry has one spelling. Docker and go-containerregistry keep
+//     the case as written and accept any digits as a port.
 //   - An upper-case first component without '.' or ':' is not a registry (Docker treats "Foo/bar" as registry
 //     "Foo"); it is an invalid repository component.
 //   - IPv6 registry hosts ("[::1]:5000/x") are refused: they cannot be written as a path prefix.
