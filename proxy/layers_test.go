@@ -187,4 +187,3 @@ func TestStalledReaderIsCutOff(t *testing.T) {
 		})
 	}
 }
-

@@ -3,10 +3,11 @@ package proxy
 import (
 	"fmt"
 	"net/http"
-	"regexp"
 	"strings"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+
+	"github.com/pullgate/pullgate/names"
 )
 
 // kind is the route family of a registry API request.
@@ -30,16 +31,8 @@ type route struct {
 }
 
 const (
-	maxNameLength = 255
-	maxTagLength  = 128
-)
-
-var (
-	// nameComponent is one path component of a repository name (OCI distribution spec).
-	nameComponent = regexp.MustCompile(`^[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*$`)
-	tagPattern    = regexp.MustCompile(`^[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}$`)
-	algPattern    = regexp.MustCompile(`^[a-z0-9]+([+._-][a-z0-9]+)*$`)
-	hexPattern    = regexp.MustCompile(`^[a-f0-9]+$`)
+	maxNameLength = names.MaxRepositoryLength
+	maxTagLength  = names.MaxTagLength
 )
 
 // parseRoute parses the escaped path of a registry API request. It refuses encoded characters, dot segments
@@ -89,8 +82,8 @@ func parseRoute(escapedPath string) (route, error) {
 			if _, err := parseDigest(r.ref); err != nil {
 				return route{}, err
 			}
-		} else if !tagPattern.MatchString(r.ref) {
-			return route{}, errorf(codeManifestInvalid, "invalid tag %q: a tag is up to 128 of [A-Za-z0-9_.-] and does not start with '.' or '-'", r.ref)
+		} else if err := names.ValidateTag(r.ref); err != nil {
+			return route{}, errorf(codeManifestInvalid, "%v", err)
 		}
 	case kindBlobs, kindReferrers:
 		if _, err := parseDigest(r.ref); err != nil {
@@ -100,47 +93,26 @@ func parseRoute(escapedPath string) (route, error) {
 	return r, nil
 }
 
-// validateName checks a repository name (with any upstream prefix) against the OCI grammar. Upstream names in
-// the first component may carry a port ("localhost:5000"), which the grammar allows for registry hosts.
+// validateName checks a repository name (with any upstream prefix, whose first component may be a registry
+// host[:port]) against the OCI grammar.
 func validateName(name string) error {
-	if name == "" {
-		return errorf(codeNameInvalid, "empty repository name")
-	}
-	if len(name) > maxNameLength {
-		return errorf(codeNameInvalid, "repository name is %d characters, the limit is %d", len(name), maxNameLength)
-	}
-	for i, c := range strings.Split(name, "/") {
-		if i == 0 && strings.Contains(c, ":") {
-			host, port, _ := strings.Cut(c, ":")
-			if nameComponent.MatchString(host) && port != "" && strings.Trim(port, "0123456789") == "" {
-				continue
-			}
-		}
-		if !nameComponent.MatchString(c) {
-			return errorf(codeNameInvalid, "invalid repository name %q: component %q must match [a-z0-9]+([._-][a-z0-9]+)*", name, c)
-		}
+	if err := names.ValidateRepositoryWithHost(name); err != nil {
+		return errorf(codeNameInvalid, "%v", err)
 	}
 	return nil
 }
 
 // parseDigest parses "<algorithm>:<encoded>" and accepts the algorithms pullgate can verify.
 func parseDigest(s string) (v1.Hash, error) {
-	alg, enc, ok := strings.Cut(s, ":")
-	if !ok || !algPattern.MatchString(alg) || enc == "" {
-		return v1.Hash{}, errorf(codeDigestInvalid, "invalid digest %q: want <algorithm>:<hex>", s)
+	d, err := names.ParseDigest(s)
+	if err != nil {
+		return v1.Hash{}, errorf(codeDigestInvalid, "%v", err)
 	}
-	want := map[string]int{"sha256": 64, "sha512": 128}[alg]
-	if want == 0 {
-		return v1.Hash{}, errorf(codeDigestInvalid, "unsupported digest algorithm %q: pullgate verifies sha256 and sha512", alg)
-	}
-	if len(enc) != want || !hexPattern.MatchString(enc) {
-		return v1.Hash{}, errorf(codeDigestInvalid, "invalid %s digest %q: want %d lowercase hex characters", alg, s, want)
-	}
-	return v1.Hash{Algorithm: alg, Hex: enc}, nil
+	return d, nil
 }
 
 // isDigest reports whether a manifest reference is a digest rather than a tag.
-func isDigest(ref string) bool { return strings.Contains(ref, ":") }
+func isDigest(ref string) bool { return names.IsDigest(ref) }
 
 // routeRequest is the routing layer: it refuses methods other than GET and HEAD, parses the path once and
 // picks the upstream: ?ns=, else a first path element that names an upstream, else the default.
@@ -170,8 +142,8 @@ func (h *Handler) routeRequest(r *http.Request, req *request) error {
 	} else {
 		return errorf(codeNameUnknown, "%q names no configured upstream and no default upstream is set", rt.name)
 	}
-	if req.up.DockerHub && !strings.Contains(req.repo, "/") {
-		req.repo = "library/" + req.repo
+	if req.up.DockerHub {
+		req.repo = names.DockerHubRepository(req.repo)
 	}
 	if len(req.repo) > maxNameLength {
 		return errorf(codeNameInvalid, "repository name %q at upstream %s is %d characters, the limit is %d", req.repo, req.up.Name, len(req.repo), maxNameLength)
