@@ -30,6 +30,9 @@ type Metrics struct {
 	TagMutations *prometheus.CounterVec
 	// PolicyDenials counts requests refused by the allow-list.
 	PolicyDenials *prometheus.CounterVec
+	// ConfigReloads counts reloads of configuration files (the TLS key pair, upstream credentials) by file and
+	// result ("ok" or "error").
+	ConfigReloads *prometheus.CounterVec
 }
 
 // Usage reports the cache's size; it is read at scrape time.
@@ -84,7 +87,12 @@ func New(reg prometheus.Registerer, usage Usage) *Metrics {
 			Name: "pullgate_policy_denials_total",
 			Help: "Requests refused by the allow-list, by upstream.",
 		}, []string{"upstream"}),
+		ConfigReloads: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "pullgate_config_reloads_total",
+			Help: "Reloads of configuration files by file and result; on error the previous content stays in use.",
+		}, []string{"file", "result"}),
 	}
+	reg.MustRegister(m.ConfigReloads)
 	reg.MustRegister(m.Requests, m.RequestDuration, m.BytesServed, m.BytesFetched, m.UpstreamRequests,
 		m.UpstreamLatency, m.UpstreamRateLimitRemaining, m.FillsInFlight, m.DigestMismatches, m.TagMutations,
 		m.PolicyDenials)

@@ -16,25 +16,49 @@ import (
 
 // config is every PULLGATE_* variable. The README's configuration table lists the same, with these defaults.
 type config struct {
-	Addr                string        `env:"ADDR" envDefault:":5443"`
-	MetricsAddr         string        `env:"METRICS_ADDR" envDefault:"127.0.0.1:9090"`
-	DataDir             string        `env:"DATA_DIR" envDefault:"./pullgate-data"`
-	TLSCert             string        `env:"TLS_CERT"`
-	TLSKey              string        `env:"TLS_KEY"`
-	TLSHosts            []string      `env:"TLS_HOSTS" envSeparator:","`
-	Upstreams           []string      `env:"UPSTREAMS" envSeparator:"," envDefault:"docker.io,ghcr.io,quay.io,registry.k8s.io,gcr.io"`
-	DefaultUpstream     string        `env:"DEFAULT_UPSTREAM" envDefault:"docker.io"`
-	UpstreamCAFile      string        `env:"UPSTREAM_CA_FILE"`
-	UpstreamAuthFile    string        `env:"UPSTREAM_AUTH_FILE"`
-	UpstreamConcurrency int           `env:"UPSTREAM_CONCURRENCY" envDefault:"32"`
-	UpstreamTimeout     time.Duration `env:"UPSTREAM_TIMEOUT" envDefault:"30s"`
-	Offline             string        `env:"OFFLINE" envDefault:"false"`
-	TagTTL              time.Duration `env:"TAG_TTL" envDefault:"5m"`
-	NegativeTTL         time.Duration `env:"NEGATIVE_TTL" envDefault:"30s"`
-	ImmutableTags       []string      `env:"IMMUTABLE_TAGS" envSeparator:","`
-	Allow               []string      `env:"ALLOW" envSeparator:","`
-	LogLevel            slog.Level    `env:"LOG_LEVEL" envDefault:"info"`
-	ShutdownTimeout     time.Duration `env:"SHUTDOWN_TIMEOUT" envDefault:"30s"`
+	Addr                     string        `env:"ADDR" envDefault:":5443"`
+	MetricsAddr              string        `env:"METRICS_ADDR" envDefault:"127.0.0.1:9090"`
+	DataDir                  string        `env:"DATA_DIR" envDefault:"./pullgate-data"`
+	TLSCert                  string        `env:"TLS_CERT"`
+	TLSKey                   string        `env:"TLS_KEY"`
+	TLSHosts                 []string      `env:"TLS_HOSTS" envSeparator:","`
+	Upstreams                []string      `env:"UPSTREAMS" envSeparator:"," envDefault:"docker.io,ghcr.io,quay.io,registry.k8s.io,gcr.io"`
+	DefaultUpstream          string        `env:"DEFAULT_UPSTREAM" envDefault:"docker.io"`
+	UpstreamCAFile           string        `env:"UPSTREAM_CA_FILE"`
+	UpstreamAuthFile         string        `env:"UPSTREAM_AUTH_FILE"`
+	UpstreamConcurrency      int           `env:"UPSTREAM_CONCURRENCY" envDefault:"32"`
+	UpstreamTimeout          time.Duration `env:"UPSTREAM_TIMEOUT" envDefault:"30s"`
+	UpstreamFailureThreshold int           `env:"UPSTREAM_FAILURE_THRESHOLD" envDefault:"5"`
+	UpstreamCoolDown         time.Duration `env:"UPSTREAM_COOLDOWN" envDefault:"30s"`
+	FillTimeout              time.Duration `env:"FILL_TIMEOUT" envDefault:"1h"`
+	MaxConns                 int           `env:"MAX_CONNS" envDefault:"1024"`
+	IdleTimeout              time.Duration `env:"IDLE_TIMEOUT" envDefault:"30s"`
+	WriteTimeout             time.Duration `env:"WRITE_TIMEOUT" envDefault:"1m"`
+	Offline                  string        `env:"OFFLINE" envDefault:"false"`
+	TagTTL                   time.Duration `env:"TAG_TTL" envDefault:"5m"`
+	NegativeTTL              time.Duration `env:"NEGATIVE_TTL" envDefault:"30s"`
+	ImmutableTags            []string      `env:"IMMUTABLE_TAGS" envSeparator:","`
+	Allow                    []string      `env:"ALLOW" envSeparator:","`
+	LogLevel                 slog.Level    `env:"LOG_LEVEL" envDefault:"info"`
+	ShutdownTimeout          time.Duration `env:"SHUTDOWN_TIMEOUT" envDefault:"30s"`
+}
+
+// verifyConfig is what `pullgate verify` reads: only where the data is, and how much to log.
+type verifyConfig struct {
+	DataDir  string     `env:"DATA_DIR" envDefault:"./pullgate-data"`
+	LogLevel slog.Level `env:"LOG_LEVEL" envDefault:"warn"`
+}
+
+// loadVerifyConfig parses the variables verify needs and ignores the rest.
+func loadVerifyConfig(environ map[string]string) (verifyConfig, error) {
+	var c verifyConfig
+	if err := env.ParseWithOptions(&c, env.Options{Prefix: "PULLGATE_", Environment: environ}); err != nil {
+		return c, &configError{msg: err.Error()}
+	}
+	if c.DataDir == "" {
+		return c, badVar("DATA_DIR", "must not be empty")
+	}
+	return c, nil
 }
 
 // upstreamSpec is one entry of PULLGATE_UPSTREAMS.
@@ -78,10 +102,14 @@ func loadConfig(environ map[string]string) (config, []upstreamSpec, error) {
 	if (c.TLSCert == "") != (c.TLSKey == "") {
 		return c, nil, badVar("TLS_CERT", "PULLGATE_TLS_CERT and PULLGATE_TLS_KEY go together: set both or neither")
 	}
-	if c.UpstreamConcurrency < 1 {
-		return c, nil, badVar("UPSTREAM_CONCURRENCY", "must be at least 1, got %d", c.UpstreamConcurrency)
+	for name, n := range map[string]int{"UPSTREAM_CONCURRENCY": c.UpstreamConcurrency, "UPSTREAM_FAILURE_THRESHOLD": c.UpstreamFailureThreshold, "MAX_CONNS": c.MaxConns} {
+		if n < 1 {
+			return c, nil, badVar(name, "must be at least 1, got %d", n)
+		}
 	}
-	for name, d := range map[string]time.Duration{"TAG_TTL": c.TagTTL, "NEGATIVE_TTL": c.NegativeTTL, "UPSTREAM_TIMEOUT": c.UpstreamTimeout, "SHUTDOWN_TIMEOUT": c.ShutdownTimeout} {
+	for name, d := range map[string]time.Duration{"TAG_TTL": c.TagTTL, "NEGATIVE_TTL": c.NegativeTTL, "UPSTREAM_TIMEOUT": c.UpstreamTimeout,
+		"SHUTDOWN_TIMEOUT": c.ShutdownTimeout, "UPSTREAM_COOLDOWN": c.UpstreamCoolDown, "FILL_TIMEOUT": c.FillTimeout,
+		"IDLE_TIMEOUT": c.IdleTimeout, "WRITE_TIMEOUT": c.WriteTimeout} {
 		if d <= 0 {
 			return c, nil, badVar(name, "must be a positive duration such as 30s or 5m, got %s", d)
 		}
@@ -179,15 +207,6 @@ func hasUpstream(specs []upstreamSpec, name string) bool {
 		if s.name == name {
 			return true
 		}
-	}
-	return false
-}
-
-// isDockerHub reports whether u is Docker Hub's registry, whose one-element names get "library/".
-func isDockerHub(u *url.URL) bool {
-	switch u.Hostname() {
-	case "registry-1.docker.io", "index.docker.io", "docker.io":
-		return true
 	}
 	return false
 }

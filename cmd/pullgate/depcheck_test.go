@@ -7,8 +7,9 @@ import (
 	"testing"
 )
 
-// TestDependencyDirection holds DESIGN's direction cmd -> proxy -> {cache, upstream, metrics}: cache and
-// upstream never import each other or proxy, cache does not speak HTTP, upstream does not know badger.
+// TestDependencyDirection holds the direction cmd -> proxy -> {cache, upstream, metrics} (docs/design.md): cache
+// and upstream never import each other or proxy, cache does not speak HTTP, upstream does not know badger, and
+// names (the OCI grammar) depends on none of them.
 func TestDependencyDirection(t *testing.T) {
 	if _, err := exec.LookPath("go"); err != nil {
 		t.Skip("the go command is not on PATH")
@@ -31,6 +32,8 @@ func TestDependencyDirection(t *testing.T) {
 		{"metrics", []string{mod + "proxy", mod + "cache", mod + "upstream"}, nil},
 		{"proxy", []string{mod + "cmd/pullgate", mod + "certs"}, nil},
 		{"certs", []string{mod + "proxy", mod + "cache", mod + "upstream", mod + "metrics"}, []string{"net/http"}},
+		// names is the one grammar every other package uses: it uses none of them.
+		{"names", []string{mod + "proxy", mod + "cache", mod + "upstream", mod + "metrics", mod + "certs", mod + "cmd/pullgate"}, []string{"net/http"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.pkg, func(t *testing.T) {

@@ -10,7 +10,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
 	"os"
 	"os/signal"
@@ -22,12 +21,12 @@ import (
 
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/pullgate/pullgate/cache"
 	"github.com/pullgate/pullgate/certs"
 	"github.com/pullgate/pullgate/metrics"
+	"github.com/pullgate/pullgate/names"
 	"github.com/pullgate/pullgate/proxy"
 	"github.com/pullgate/pullgate/upstream"
 )
@@ -58,140 +57,53 @@ func run(args []string, env map[string]string, stdout, stderr io.Writer) int {
 		fmt.Fprint(stderr, usage)
 		return 2
 	}
-	cfg, specs, err := loadConfig(env)
-	if err != nil {
-		fmt.Fprintf(stderr, "pullgate: configuration: %v\n", err)
-		return 2
-	}
-	log := slog.New(slog.NewJSONHandler(stdout, &slog.HandlerOptions{Level: cfg.LogLevel}))
 	switch args[0] {
 	case "serve":
+		cfg, specs, err := loadConfig(env)
+		if err != nil {
+			fmt.Fprintf(stderr, "pullgate: configuration: %v\n", err)
+			return 2
+		}
+		log := slog.New(slog.NewJSONHandler(stdout, &slog.HandlerOptions{Level: cfg.LogLevel}))
 		ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 		defer stop()
-		if err := serve(ctx, cfg, specs, log); err != nil {
-			log.Error("pullgate stopped", "error", err)
-			var ce *configError
-			if errors.As(err, &ce) {
-				fmt.Fprintf(stderr, "pullgate: configuration: %v\n", err)
-				return 2
-			}
-			return 1
+		err = serve(ctx, cfg, specs, log)
+		if err == nil {
+			return 0
 		}
-		return 0
+		log.Error("pullgate stopped", "error", err)
+		var ce *configError
+		if errors.As(err, &ce) {
+			fmt.Fprintf(stderr, "pullgate: configuration: %v\n", err)
+			return 2
+		}
+		return 1
 	case "verify":
-		return verify(cfg, log, stdout)
+		// verify needs only the data directory: a configuration that serve would refuse does not stop it.
+		cfg, err := loadVerifyConfig(env)
+		if err != nil {
+			fmt.Fprintf(stderr, "pullgate: configuration: %v\n", err)
+			return 2
+		}
+		return verify(cfg.DataDir, slog.New(slog.NewJSONHandler(stderr, &slog.HandlerOptions{Level: cfg.LogLevel})), stdout)
 	default:
 		fmt.Fprint(stderr, usage)
 		return 2
 	}
 }
 
-// serve runs pullgate until ctx is done, then drains in-flight pulls (bounded by ShutdownTimeout).
+// serve builds pullgate from its configuration and runs it until ctx is done.
 func serve(ctx context.Context, cfg config, specs []upstreamSpec, log *slog.Logger) error {
-	tlsConf, err := serverTLS(cfg, log)
+	a, err := newApp(cfg, specs, log)
 	if err != nil {
 		return err
 	}
-	upstreamTransport, err := upstreamTransport(cfg.UpstreamCAFile)
-	if err != nil {
-		return err
-	}
-	var keychain authn.Keychain
-	if cfg.UpstreamAuthFile != "" {
-		af, err := upstream.NewAuthFile(cfg.UpstreamAuthFile, nil)
-		if err != nil {
-			return badVar("UPSTREAM_AUTH_FILE", "%v", err)
-		}
-		keychain = af
-	}
-	policy, err := proxy.NewPolicy(cfg.Allow, cfg.ImmutableTags)
-	if err != nil {
-		return badVar("ALLOW/PULLGATE_IMMUTABLE_TAGS", "%v", err)
-	}
-
-	c, err := cache.Open(cache.Options{Dir: cfg.DataDir, Logger: log})
-	if err != nil {
-		return fmt.Errorf("opening the cache in %s: %w", cfg.DataDir, err)
-	}
-	defer func() {
-		if err := c.Close(); err != nil {
-			log.Error("closing the cache", "error", err)
-		}
-	}()
-
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	m := metrics.New(reg, c.Usage)
-
-	ups, err := buildUpstreams(cfg, specs, upstreamTransport, keychain, m)
-	if err != nil {
-		return err
-	}
-	h, err := proxy.New(proxy.Options{
-		Cache:       c,
-		Upstreams:   ups,
-		Default:     cfg.DefaultUpstream,
-		TagTTL:      cfg.TagTTL,
-		NegativeTTL: cfg.NegativeTTL,
-		Policy:      policy,
-		Metrics:     m,
-		Log:         log,
-	})
-	if err != nil {
-		return err
-	}
-
-	ln, err := net.Listen("tcp", cfg.Addr)
-	if err != nil {
-		return badVar("ADDR", "cannot listen on %s: %v", cfg.Addr, err)
-	}
-	mln, err := net.Listen("tcp", cfg.MetricsAddr)
-	if err != nil {
-		ln.Close()
-		return badVar("METRICS_ADDR", "cannot listen on %s: %v", cfg.MetricsAddr, err)
-	}
-	var ready atomic.Bool
-	api := &http.Server{
-		Handler:           h,
-		TLSConfig:         tlsConf,
-		ReadHeaderTimeout: 10 * time.Second,
-		IdleTimeout:       2 * time.Minute,
-		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
-	}
-	ops := &http.Server{Handler: opsMux(reg, &ready), ReadHeaderTimeout: 10 * time.Second}
-	errc := make(chan error, 2)
-	go func() { errc <- api.ServeTLS(ln, "", "") }()
-	go func() { errc <- ops.Serve(mln) }()
-	ready.Store(true)
-	names := make([]string, len(specs))
-	for i, s := range specs {
-		names[i] = s.name
-	}
-	log.Info("pullgate serving", "addr", ln.Addr().String(), "metrics", mln.Addr().String(),
-		"data_dir", cfg.DataDir, "upstreams", names, "default_upstream", cfg.DefaultUpstream)
-
-	select {
-	case <-ctx.Done():
-	case err := <-errc:
-		return err
-	}
-	ready.Store(false)
-	log.Info("shutting down: no new connections; waiting for in-flight pulls", "timeout", cfg.ShutdownTimeout.String())
-	sctx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
-	defer cancel()
-	if err := api.Shutdown(sctx); err != nil {
-		log.Warn("in-flight pulls did not finish in time; closing them", "error", err)
-		_ = api.Close()
-	}
-	if err := h.Shutdown(sctx); err != nil {
-		log.Warn("cache fills did not finish in time; cancelled them", "error", err)
-	}
-	_ = ops.Shutdown(sctx)
-	return nil
+	defer a.close()
+	return a.run(ctx)
 }
 
 // serverTLS returns the API listener's TLS configuration: the configured key pair, or the local CA's.
-func serverTLS(cfg config, log *slog.Logger) (*tls.Config, error) {
+func serverTLS(cfg config, log *slog.Logger, onReload func(error)) (*tls.Config, error) {
 	certFile, keyFile := cfg.TLSCert, cfg.TLSKey
 	if certFile == "" {
 		hosts := cfg.TLSHosts
@@ -207,7 +119,7 @@ func serverTLS(cfg config, log *slog.Logger) (*tls.Config, error) {
 		log.Info("no PULLGATE_TLS_CERT: serving with a certificate from pullgate's local CA; clients must trust the CA file",
 			"ca", abs)
 	}
-	r, err := certs.NewReloader(certFile, keyFile, nil)
+	r, err := certs.NewReloader(certFile, keyFile, nil, onReload)
 	if err != nil {
 		return nil, badVar("TLS_CERT", "%v", err)
 	}
@@ -265,22 +177,24 @@ func buildUpstreams(cfg config, specs []upstreamSpec, rt http.RoundTripper, kc a
 	var ups []proxy.Upstream
 	for _, s := range specs {
 		client, err := upstream.New(upstream.Options{
-			Name:        s.name,
-			URL:         s.url.String(),
-			Transport:   rt,
-			Keychain:    kc,
-			Offline:     s.offline,
-			Concurrency: cfg.UpstreamConcurrency,
-			Timeout:     cfg.UpstreamTimeout,
-			Observe:     observe,
+			Name:             s.name,
+			URL:              s.url.String(),
+			Transport:        rt,
+			Keychain:         kc,
+			Offline:          s.offline,
+			Concurrency:      cfg.UpstreamConcurrency,
+			Timeout:          cfg.UpstreamTimeout,
+			FailureThreshold: cfg.UpstreamFailureThreshold,
+			CoolDown:         cfg.UpstreamCoolDown,
+			Observe:          observe,
 		})
 		if err != nil {
 			return nil, badVar("UPSTREAMS", "%s: %v", s.name, err)
 		}
-		u := proxy.Upstream{Name: s.name, DockerHub: isDockerHub(s.url), Fetcher: client}
+		u := proxy.Upstream{Name: s.name, Identity: s.url.String(), DockerHub: names.IsDockerHub(s.url.Hostname()), Fetcher: client}
 		aliases := []string{s.url.Host}
 		if u.DockerHub {
-			aliases = append(aliases, "docker.io", "registry-1.docker.io", "index.docker.io")
+			aliases = append(aliases, names.DockerHubHosts()...)
 		}
 		for _, a := range aliases {
 			if !taken[a] {
@@ -311,10 +225,10 @@ func opsMux(reg *prometheus.Registry, ready *atomic.Bool) http.Handler {
 }
 
 // verify checks the data directory of a stopped pullgate.
-func verify(cfg config, log *slog.Logger, out io.Writer) int {
-	c, err := cache.Open(cache.Options{Dir: cfg.DataDir, Logger: log})
+func verify(dataDir string, log *slog.Logger, out io.Writer) int {
+	c, err := cache.Open(cache.Options{Dir: dataDir, Logger: log})
 	if err != nil {
-		fmt.Fprintf(out, "pullgate verify: cannot open %s (is pullgate still running?): %v\n", cfg.DataDir, err)
+		fmt.Fprintf(out, "pullgate verify: cannot open %s (is pullgate still running?): %v\n", dataDir, err)
 		return 1
 	}
 	defer c.Close()

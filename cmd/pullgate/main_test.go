@@ -40,6 +40,12 @@ func TestConfigErrorsNameTheVariable(t *testing.T) {
 		{"concurrency zero", map[string]string{"PULLGATE_UPSTREAM_CONCURRENCY": "0"}, "PULLGATE_UPSTREAM_CONCURRENCY"},
 		{"bad offline", map[string]string{"PULLGATE_OFFLINE": "maybe"}, "PULLGATE_OFFLINE"},
 		{"bad log level", map[string]string{"PULLGATE_LOG_LEVEL": "loud"}, "PULLGATE_LOG_LEVEL"},
+		{"fill timeout zero", map[string]string{"PULLGATE_FILL_TIMEOUT": "0s"}, "PULLGATE_FILL_TIMEOUT"},
+		{"failure threshold zero", map[string]string{"PULLGATE_UPSTREAM_FAILURE_THRESHOLD": "0"}, "PULLGATE_UPSTREAM_FAILURE_THRESHOLD"},
+		{"bad cooldown", map[string]string{"PULLGATE_UPSTREAM_COOLDOWN": "later"}, "PULLGATE_UPSTREAM_COOLDOWN"},
+		{"max conns zero", map[string]string{"PULLGATE_MAX_CONNS": "0"}, "PULLGATE_MAX_CONNS"},
+		{"idle timeout negative", map[string]string{"PULLGATE_IDLE_TIMEOUT": "-1s"}, "PULLGATE_IDLE_TIMEOUT"},
+		{"write timeout zero", map[string]string{"PULLGATE_WRITE_TIMEOUT": "0s"}, "PULLGATE_WRITE_TIMEOUT"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -246,7 +252,8 @@ func TestVerifyCommand(t *testing.T) {
 	if err := c.Close(); err != nil {
 		t.Fatal(err)
 	}
-	env := map[string]string{"PULLGATE_DATA_DIR": dir}
+	// verify needs only the data directory: variables that serve would refuse do not stop it.
+	env := map[string]string{"PULLGATE_DATA_DIR": dir, "PULLGATE_TAG_TTL": "soon", "PULLGATE_UPSTREAMS": "http://nope"}
 	var out bytes.Buffer
 	if code := run([]string{"verify"}, env, &out, io.Discard); code != 0 {
 		t.Fatalf("verify on a clean data dir: %d\n%s", code, out.String())

@@ -1,0 +1,172 @@
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync/atomic"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/authn"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/pullgate/pullgate/cache"
+	"github.com/pullgate/pullgate/metrics"
+	"github.com/pullgate/pullgate/proxy"
+	"github.com/pullgate/pullgate/upstream"
+)
+
+// app is pullgate built from its configuration: the cache, the registry API handler and what they report to.
+// newApp builds it without listening; run serves it; close releases it.
+type app struct {
+	cfg     config
+	specs   []upstreamSpec
+	log     *slog.Logger
+	tls     *tls.Config
+	reg     *prometheus.Registry
+	metrics *metrics.Metrics
+	cache   *cache.Cache
+	handler *proxy.Handler
+}
+
+// newApp checks what the configuration points at (TLS key pair, CA and credentials files, patterns), opens the
+// cache and builds the handler. A *configError names the variable at fault.
+func newApp(cfg config, specs []upstreamSpec, log *slog.Logger) (*app, error) {
+	a := &app{cfg: cfg, specs: specs, log: log, reg: prometheus.NewRegistry()}
+	a.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	// The cache's usage is read at scrape time, through a.cache once it is open.
+	a.metrics = metrics.New(a.reg, func() (int64, int64) {
+		if a.cache == nil {
+			return 0, 0
+		}
+		return a.cache.Usage()
+	})
+	var err error
+	if a.tls, err = serverTLS(cfg, log, a.reloadReporter("tls")); err != nil {
+		return nil, err
+	}
+	transport, err := upstreamTransport(cfg.UpstreamCAFile)
+	if err != nil {
+		return nil, err
+	}
+	var keychain authn.Keychain
+	if cfg.UpstreamAuthFile != "" {
+		af, err := upstream.NewAuthFile(cfg.UpstreamAuthFile, nil)
+		if err != nil {
+			return nil, badVar("UPSTREAM_AUTH_FILE", "%v", err)
+		}
+		keychain = af
+	}
+	policy, err := proxy.NewPolicy(cfg.Allow, cfg.ImmutableTags)
+	if err != nil {
+		return nil, badVar("ALLOW/PULLGATE_IMMUTABLE_TAGS", "%v", err)
+	}
+	ups, err := buildUpstreams(cfg, specs, transport, keychain, a.metrics)
+	if err != nil {
+		return nil, err
+	}
+
+	a.cache, err = cache.Open(cache.Options{Dir: cfg.DataDir, Logger: log})
+	if err != nil {
+		return nil, fmt.Errorf("opening the cache in %s: %w", cfg.DataDir, err)
+	}
+	a.handler, err = proxy.New(proxy.Options{
+		Cache:        a.cache,
+		Upstreams:    ups,
+		Default:      cfg.DefaultUpstream,
+		TagTTL:       cfg.TagTTL,
+		NegativeTTL:  cfg.NegativeTTL,
+		FillTimeout:  cfg.FillTimeout,
+		WriteTimeout: cfg.WriteTimeout,
+		Policy:       policy,
+		Metrics:      a.metrics,
+		Log:          log,
+	})
+	if err != nil {
+		a.close()
+		return nil, err
+	}
+	return a, nil
+}
+
+// reloadReporter logs and counts each reload of a configuration file.
+func (a *app) reloadReporter(file string) func(error) {
+	return func(err error) {
+		if err != nil {
+			a.metrics.ConfigReloads.WithLabelValues(file, "error").Inc()
+			a.log.Error("reloading a configuration file failed; the previous content stays in use", "file", file, "error", err)
+			return
+		}
+		a.metrics.ConfigReloads.WithLabelValues(file, "ok").Inc()
+		a.log.Info("reloaded a configuration file", "file", file)
+	}
+}
+
+// run listens and serves until ctx is done, then drains in-flight pulls (bounded by ShutdownTimeout) and the
+// background fills.
+func (a *app) run(ctx context.Context) error {
+	cfg, log := a.cfg, a.log
+	ln, err := net.Listen("tcp", cfg.Addr)
+	if err != nil {
+		return badVar("ADDR", "cannot listen on %s: %v", cfg.Addr, err)
+	}
+	ln = limitListener(ln, cfg.MaxConns)
+	mln, err := net.Listen("tcp", cfg.MetricsAddr)
+	if err != nil {
+		ln.Close()
+		return badVar("METRICS_ADDR", "cannot listen on %s: %v", cfg.MetricsAddr, err)
+	}
+	var ready atomic.Bool
+	api := &http.Server{
+		Handler:           a.handler,
+		TLSConfig:         a.tls,
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       cfg.IdleTimeout,
+		MaxHeaderBytes:    64 << 10,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
+	}
+	ops := &http.Server{Handler: opsMux(a.reg, &ready), ReadHeaderTimeout: 10 * time.Second}
+	errc := make(chan error, 2)
+	go func() { errc <- api.ServeTLS(ln, "", "") }()
+	go func() { errc <- ops.Serve(mln) }()
+	ready.Store(true)
+	names := make([]string, len(a.specs))
+	for i, s := range a.specs {
+		names[i] = s.name
+	}
+	log.Info("pullgate serving", "addr", ln.Addr().String(), "metrics", mln.Addr().String(),
+		"data_dir", cfg.DataDir, "upstreams", names, "default_upstream", cfg.DefaultUpstream)
+
+	select {
+	case <-ctx.Done():
+	case err := <-errc:
+		return err
+	}
+	ready.Store(false)
+	log.Info("shutting down: no new connections; waiting for in-flight pulls", "timeout", cfg.ShutdownTimeout.String())
+	sctx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
+	defer cancel()
+	if err := api.Shutdown(sctx); err != nil {
+		log.Warn("in-flight pulls did not finish in time; closing them", "error", err)
+		_ = api.Close()
+	}
+	if err := a.handler.Shutdown(sctx); err != nil {
+		log.Warn("cache fills did not finish in time; cancelled them", "error", err)
+	}
+	_ = ops.Shutdown(sctx)
+	return nil
+}
+
+// close closes the cache. Call it after run returned.
+func (a *app) close() {
+	if a.cache == nil {
+		return
+	}
+	if err := a.cache.Close(); err != nil {
+		a.log.Error("closing the cache", "error", err)
+	}
+}
