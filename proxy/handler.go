@@ -52,6 +52,9 @@ type Options struct {
 	TagTTL time.Duration
 	// NegativeTTL is how long "this manifest does not exist upstream" is remembered. Zero means 30 seconds.
 	NegativeTTL time.Duration
+	// EmptyReferrersTTL is how long an empty referrers answer is kept in the cache index, to be served when the
+	// upstream cannot be reached (non-empty answers are kept until replaced). Zero means 1 hour.
+	EmptyReferrersTTL time.Duration
 	// FillTimeout bounds one upstream fill of a blob, independent of the clients waiting on it. Zero means 1 hour.
 	FillTimeout time.Duration
 	// MaxManifestSize is the largest manifest accepted from an upstream. Zero means 4 MiB.
@@ -72,6 +75,9 @@ func (o Options) withDefaults() Options {
 	}
 	if o.NegativeTTL == 0 {
 		o.NegativeTTL = 30 * time.Second
+	}
+	if o.EmptyReferrersTTL == 0 {
+		o.EmptyReferrersTTL = time.Hour
 	}
 	if o.FillTimeout == 0 {
 		o.FillTimeout = time.Hour
@@ -97,6 +103,11 @@ type Handler struct {
 	upstreams map[string]*Upstream // by Name and by each of Hosts
 	fills     fills
 	manifests manifestFlights
+
+	// Recent answers held in memory: tag lists by upstream and repository, referrers answers by upstream,
+	// repository, subject and filter.
+	tagLists        answerCache[tagListing]
+	referrerAnswers answerCache[referrersAnswer]
 
 	// background counts fills and flights, which outlive the requests that started them; stopping is closed
 	// by Shutdown to cancel those still running when its deadline passes.
