@@ -109,6 +109,9 @@ func (h *Handler) referrers(ctx context.Context, req *request, d v1.Hash, artifa
 	}
 	base := *req // the flight must not touch req, which its caller may stop waiting for
 	v, err := h.flight(ctx, "referrers\x00"+key, func(ctx context.Context) (any, error) {
+		if a, ok := h.referrerAnswers.get(key, h.opts.Now(), h.opts.TagTTL); ok {
+			return a, nil // fetched by a flight that ended after this request looked
+		}
 		fb := base
 		a, err := h.fetchReferrers(ctx, &fb, d, artifactType)
 		if err != nil {

@@ -131,6 +131,9 @@ func (h *Handler) tagListing(ctx context.Context, req *request) (tagListing, err
 	req.cache = "miss"
 	up, repo := req.up, req.repo
 	v, err := h.flight(ctx, "tags\x00"+key, func(ctx context.Context) (any, error) {
+		if l, ok := h.tagLists.get(key, h.opts.Now(), h.opts.TagTTL); ok {
+			return l, nil // read by a flight that ended after this request looked
+		}
 		l, err := h.upstreamTags(ctx, up, repo)
 		if err != nil {
 			return tagListing{}, err
