@@ -167,7 +167,10 @@ func TestTagsListShared(t *testing.T) {
 	if r, _ := e.get("/v2/local/team/shared/manifests/b"); r.StatusCode != http.StatusOK {
 		t.Fatal(r.Status)
 	}
-	e.up.setFault(func(w http.ResponseWriter, r *http.Request) bool { w.WriteHeader(http.StatusServiceUnavailable); return true })
+	e.up.setFault(func(w http.ResponseWriter, r *http.Request) bool {
+		w.WriteHeader(http.StatusServiceUnavailable)
+		return true
+	})
 	e.clock.advance(e.opts.TagTTL)
 	if b := get(); !strings.Contains(b, `"tags":["b"]`) {
 		t.Fatalf("upstream down: %s", b)
