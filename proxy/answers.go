@@ -50,8 +50,10 @@ func (c *answerCache[V]) get(key string, now time.Time, ttl time.Duration) (V, b
 }
 
 // put stores val under key, replacing what was there, and evicts the least recently used answers until lim
-// holds. size is the caller's estimate of the memory val holds.
+// holds. size is the caller's estimate of the memory val holds; the key, which clients may choose in part, is
+// counted too.
 func (c *answerCache[V]) put(key string, val V, size int64, fetched time.Time, lim answerLimits) {
+	size += int64(len(key))
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if el, ok := c.entries[key]; ok {

@@ -194,18 +194,21 @@ func TestAnswerCacheBounds(t *testing.T) {
 	}{
 		{"up to the entry bound", func() {
 			for _, k := range []string{"a", "b", "c", "d"} {
-				c.put(k, 1, 10, e.Now(), lim)
+				c.put(k, 1, 9, e.Now(), lim) // 10 bytes with the key
 			}
 		}, 3, 30, []string{"b", "c", "d"}},
 		{"byte bound evicts the least recently used", func() {
 			c.get("b", e.Now(), 1) // b is now the most recently used
-			c.put("e", 1, 80, e.Now(), lim)
+			c.put("e", 1, 79, e.Now(), lim)
 		}, 3, 100, []string{"b", "d", "e"}},
 		{"one more byte evicts", func() {
-			c.put("f", 1, 1, e.Now(), lim)
+			c.put("f", 1, 0, e.Now(), lim)
 		}, 3, 91, []string{"d", "e", "f"}},
 		{"an answer over the byte bound is not kept, and replaces", func() {
-			c.put("d", 1, 101, e.Now(), lim)
+			c.put("d", 1, 100, e.Now(), lim)
+		}, 2, 81, []string{"e", "f"}},
+		{"the key counts", func() {
+			c.put(strings.Repeat("k", 95), 1, 10, e.Now(), lim)
 		}, 2, 81, []string{"e", "f"}},
 	}
 	for _, tt := range tests {
