@@ -82,6 +82,7 @@ func TestTagsListPagination(t *testing.T) {
 		t.Fatal(r.Status)
 	}
 	e.up.setFault(func(w http.ResponseWriter, r *http.Request) bool { w.WriteHeader(503); return true })
+	e.clock.advance(e.opts.TagTTL) // the tag list read above is shared for TagTTL; after it, the upstream is asked
 	resp, body := e.get("/v2/local/team/t/tags/list")
 	if resp.StatusCode != 200 || !strings.Contains(string(body), `"tags":["c"]`) {
 		t.Fatalf("stale tags: %d %s", resp.StatusCode, body)

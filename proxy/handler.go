@@ -56,6 +56,9 @@ type Options struct {
 	TagTTL time.Duration
 	// NegativeTTL is how long "this manifest does not exist upstream" is remembered. Zero means 30 seconds.
 	NegativeTTL time.Duration
+	// EmptyReferrersTTL is how long an empty referrers answer is kept in the cache index, to be served when the
+	// upstream cannot be reached (non-empty answers are kept until replaced). Zero means 1 hour.
+	EmptyReferrersTTL time.Duration
 	// FillTimeout bounds one upstream fill of a blob, independent of the clients waiting on it. Zero means 1 hour.
 	FillTimeout time.Duration
 	// WriteTimeout is how long one write of a response may take: each write moves the deadline on, so a slow
@@ -86,6 +89,9 @@ func (o Options) withDefaults() Options {
 	if o.NegativeTTL == 0 {
 		o.NegativeTTL = 30 * time.Second
 	}
+	if o.EmptyReferrersTTL == 0 {
+		o.EmptyReferrersTTL = time.Hour
+	}
 	if o.FillTimeout == 0 {
 		o.FillTimeout = time.Hour
 	}
@@ -113,6 +119,11 @@ type Handler struct {
 	upstreams map[string]*Upstream // by Name and by each of Hosts
 	fills     fills
 	manifests manifestFlights
+
+	// Recent answers held in memory: tag lists by upstream and repository, referrers answers by upstream,
+	// repository, subject and filter.
+	tagLists        answerCache[tagListing]
+	referrerAnswers answerCache[referrersAnswer]
 
 	// background counts fills and flights, which outlive the requests that started them; stopping is closed
 	// by Shutdown to cancel those still running when its deadline passes.
