@@ -197,8 +197,8 @@ func manifestNotFound(err error) bool {
 }
 
 // storeReferrers keeps the unfiltered answer for d in the cache index, to be served when the upstream cannot be
-// reached: a non-empty answer until it is replaced, an empty one for EmptyReferrersTTL, so that asking about
-// random digests does not grow the index for ever. An answer over maxStoredReferrers bytes is not kept.
+// reached: a non-empty answer until it is replaced, an empty one for EmptyReferrersTTL and only for a subject
+// linked to the repository, so that asking about random digests does not grow the index. An answer over maxStoredReferrers bytes is not kept.
 func (h *Handler) storeReferrers(req *request, d v1.Hash, all []referrer) {
 	if all == nil {
 		all = []referrer{}
@@ -214,6 +214,11 @@ func (h *Handler) storeReferrers(req *request, d v1.Hash, all []referrer) {
 	}
 	var ttl time.Duration
 	if len(all) == 0 {
+		// "No referrers" is kept only for a subject the repository is known to hold: asking about random digests
+		// must not grow the index.
+		if linked, err := h.opts.Cache.Linked(req.up.Name, req.repo, d); err != nil || !linked {
+			return
+		}
 		ttl = h.opts.EmptyReferrersTTL
 	}
 	if err := h.opts.Cache.SetReferrers(req.up.Name, req.repo, d, b, h.opts.Now(), ttl); err != nil {

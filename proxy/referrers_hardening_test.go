@@ -2,7 +2,9 @@ package proxy
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
+	"github.com/pullgate/pullgate/cache"
 	"net/http"
 	"strings"
 	"sync"
@@ -243,12 +245,22 @@ func TestReferrersStoredTTL(t *testing.T) {
 	e := newEnvWithRegistry(t, []registry.Option{registry.WithReferrersSupport(true)}, func(o *Options) { o.EmptyReferrersTTL = time.Second })
 	subject := pushReferrers(t, e)
 	nothing := v1.Hash{Algorithm: "sha256", Hex: strings.Repeat("8", 64)}
-	for _, d := range []v1.Hash{subject, nothing} {
+	random := v1.Hash{Algorithm: "sha256", Hex: strings.Repeat("9", 64)}
+	// "nothing" is a digest the repository is known to hold (as if its manifest had been pulled), with no referrers.
+	if err := e.cache.Link("local", "team/sig", nothing); err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range []v1.Hash{subject, nothing, random} {
 		resp, body := e.get("/v2/local/team/sig/referrers/" + d.String())
 		if resp.StatusCode != http.StatusOK {
 			t.Fatalf("status %d: %s", resp.StatusCode, body)
 		}
-		if _, _, err := e.cache.Referrers("local", "team/sig", d); err != nil {
+		_, _, err := e.cache.Referrers("local", "team/sig", d)
+		if d == random {
+			if !errors.Is(err, cache.ErrNotFound) {
+				t.Fatalf("empty answer for a digest the repository does not hold was stored (%v): random digests would grow the index", err)
+			}
+		} else if err != nil {
 			t.Fatalf("answer for %s not stored: %v", d, err)
 		}
 	}

@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/pullgate/pullgate/names"
 	"github.com/pullgate/pullgate/upstream"
 )
 
@@ -234,7 +235,7 @@ func readTagPage(r io.Reader, tags []string, room int) (_ []string, full bool, e
 			if err := dec.Decode(&t); err != nil {
 				return tags, false, err
 			}
-			if tagPattern.MatchString(t) {
+			if names.ValidateTag(t) == nil {
 				tags = append(tags, t)
 				room--
 			}
