@@ -30,6 +30,9 @@ type Metrics struct {
 	TagMutations *prometheus.CounterVec
 	// PolicyDenials counts requests refused by the allow-list.
 	PolicyDenials *prometheus.CounterVec
+	// UpstreamInvalidAnswers counts upstream answers with a success status that were not the manifest asked
+	// for (not a manifest, an invalid one, or the wrong bytes), by upstream.
+	UpstreamInvalidAnswers *prometheus.CounterVec
 }
 
 // Usage reports the cache's size; it is read at scrape time.
@@ -84,10 +87,14 @@ func New(reg prometheus.Registerer, usage Usage) *Metrics {
 			Name: "pullgate_policy_denials_total",
 			Help: "Requests refused by the allow-list, by upstream.",
 		}, []string{"upstream"}),
+		UpstreamInvalidAnswers: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "pullgate_upstream_invalid_answers_total",
+			Help: "Upstream answers with a success status that were not the manifest asked for, by upstream.",
+		}, []string{"upstream"}),
 	}
 	reg.MustRegister(m.Requests, m.RequestDuration, m.BytesServed, m.BytesFetched, m.UpstreamRequests,
 		m.UpstreamLatency, m.UpstreamRateLimitRemaining, m.FillsInFlight, m.DigestMismatches, m.TagMutations,
-		m.PolicyDenials)
+		m.PolicyDenials, m.UpstreamInvalidAnswers)
 	if usage != nil {
 		reg.MustRegister(
 			prometheus.NewGaugeFunc(prometheus.GaugeOpts{
