@@ -300,23 +300,59 @@ func TestImmutableTagPinnedDuringRefetch(t *testing.T) {
 	e.up.push(t, "team/pin:v1", img2)
 	e.clock.advance(time.Hour)
 
-	getStarted, release := make(chan struct{}), make(chan struct{})
-	var startOnce, releaseOnce sync.Once
-	defer releaseOnce.Do(func() { close(release) })
-	e.up.setFault(func(w http.ResponseWriter, r *http.Request) bool {
-		if routeKind(r.URL.Path) != "manifests" {
+	// hold makes the upstream answer HEADs without a digest (pullgate must GET) and hold the first GET until
+	// release is closed.
+	hold := func() (getStarted, release chan struct{}) {
+		getStarted, release = make(chan struct{}), make(chan struct{})
+		var once sync.Once
+		t.Cleanup(func() {
+			select {
+			case <-release:
+			default:
+				close(release)
+			}
+		})
+		e.up.setFault(func(w http.ResponseWriter, r *http.Request) bool {
+			if routeKind(r.URL.Path) != "manifests" {
+				return false
+			}
+			if r.Method == http.MethodHead {
+				w.WriteHeader(http.StatusOK)
+				return true
+			}
+			once.Do(func() { close(getStarted) })
+			<-release
 			return false
+		})
+		return getStarted, release
+	}
+	waitStarted := func(c chan struct{}) {
+		t.Helper()
+		select {
+		case <-c:
+		case <-time.After(10 * time.Second):
+			t.Fatal("the upstream GET never started")
 		}
-		if r.Method == http.MethodHead {
-			w.WriteHeader(http.StatusOK) // no Docker-Content-Digest: pullgate must GET
-			return true
+	}
+	// fetchEnded waits for the re-fetch to end: the tag's entry is then confirmed at the current time.
+	fetchEnded := func() {
+		t.Helper()
+		waitFor(t, "the re-fetch to end", func() bool {
+			te, err := e.cache.Tag("local", "team/pin", "v1")
+			return err == nil && te.Fetched.Equal(e.clock.Now())
+		})
+		if te, _ := e.cache.Tag("local", "team/pin", "v1"); te.Digest != d1 {
+			t.Fatalf("index points the immutable tag at %s, want %s", te.Digest, d1)
 		}
-		startOnce.Do(func() { close(getStarted) })
-		<-release
-		return false
-	})
+		resp, _ := e.get("/v2/local/team/pin/manifests/v1")
+		if got := resp.Header.Get("Docker-Content-Digest"); resp.StatusCode != 200 || got != d1.String() {
+			t.Fatalf("after the re-fetch: status %d digest %s, want %s", resp.StatusCode, got, d1)
+		}
+	}
 
-	// Client A starts the re-fetch and goes away while the upstream GET is held.
+	// Client A starts the re-fetch and goes away while the upstream GET is held: nobody is left to restore a pin
+	// after the fetch, so the fetch itself must keep it.
+	getStarted, release := hold()
 	ctx, cancel := context.WithCancel(context.Background())
 	aDone := make(chan struct{})
 	go func() {
@@ -327,11 +363,7 @@ func TestImmutableTagPinnedDuringRefetch(t *testing.T) {
 			resp.Body.Close()
 		}
 	}()
-	select {
-	case <-getStarted:
-	case <-time.After(10 * time.Second):
-		t.Fatal("the upstream GET never started")
-	}
+	waitStarted(getStarted)
 	cancel()
 	<-aDone
 	waitFor(t, "client A's pull log line", func() bool {
@@ -343,8 +375,12 @@ func TestImmutableTagPinnedDuringRefetch(t *testing.T) {
 		}
 		return n == 2
 	})
+	close(release)
+	fetchEnded()
 
-	// Clients that come during the fetch.
+	// Clients that come during a re-fetch all get the pinned manifest.
+	e.clock.advance(time.Hour)
+	getStarted, release = hold()
 	type result struct {
 		status int
 		digest string
@@ -352,8 +388,7 @@ func TestImmutableTagPinnedDuringRefetch(t *testing.T) {
 	results := make(chan result, 4)
 	for range cap(results) {
 		go func() {
-			req, _ := http.NewRequest(http.MethodGet, e.srv.URL+"/v2/local/team/pin/manifests/v1", nil)
-			resp, err := e.srv.Client().Do(req)
+			resp, err := e.srv.Client().Get(e.srv.URL + "/v2/local/team/pin/manifests/v1")
 			if err != nil {
 				results <- result{status: -1}
 				return
@@ -363,24 +398,14 @@ func TestImmutableTagPinnedDuringRefetch(t *testing.T) {
 			results <- result{resp.StatusCode, resp.Header.Get("Docker-Content-Digest")}
 		}()
 	}
-	releaseOnce.Do(func() { close(release) })
+	waitStarted(getStarted)
+	close(release)
 	for range cap(results) {
 		if r := <-results; r.status != 200 || r.digest != d1.String() {
 			t.Errorf("client during the re-fetch: status %d digest %s, want 200 %s", r.status, r.digest, d1)
 		}
 	}
-	// The fetch started by A has ended once the tag's entry is confirmed at the current time.
-	waitFor(t, "the re-fetch to end", func() bool {
-		te, err := e.cache.Tag("local", "team/pin", "v1")
-		return err == nil && te.Fetched.Equal(e.clock.Now())
-	})
-	if te, _ := e.cache.Tag("local", "team/pin", "v1"); te.Digest != d1 {
-		t.Fatalf("index points the immutable tag at %s, want %s", te.Digest, d1)
-	}
-	resp, _ := e.get("/v2/local/team/pin/manifests/v1")
-	if got := resp.Header.Get("Docker-Content-Digest"); resp.StatusCode != 200 || got != d1.String() {
-		t.Fatalf("after the re-fetch: status %d digest %s, want %s", resp.StatusCode, got, d1)
-	}
+	fetchEnded()
 	if got := e.counter(e.m.TagMutations.WithLabelValues("local")); got < 1 {
 		t.Fatalf("tag mutations = %v, want at least 1", got)
 	}
