@@ -1,9 +1,11 @@
 package proxy
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 )
@@ -97,6 +99,9 @@ func parseManifest(body []byte) (parsedManifest, error) {
 	var mf manifestFields
 	if err := json.Unmarshal(body, &mf); err != nil {
 		return parsedManifest{}, fmt.Errorf("%w: %v", errInvalidManifest, err)
+	}
+	if err := checkKeys(body); err != nil {
+		return parsedManifest{}, err
 	}
 	mt, err := mf.derivedType()
 	if err != nil {
@@ -246,4 +251,74 @@ func servedType(stored string, body []byte) (string, error) {
 		return "", err
 	}
 	return p.mediaType, nil
+}
+
+// objectKeys are the keys pullgate reads in one kind of JSON object, each with what it reads in the key's value.
+type objectKeys map[string]valueKeys
+
+// valueKeys says what pullgate reads in a value: the keys of an object, or of each object in an array.
+type valueKeys struct {
+	obj, elems objectKeys
+}
+
+// checkKeys refuses a manifest in which a key that pullgate reads appears twice, or in another case. Go's JSON
+// decoder matches keys case-insensitively and keeps the last of duplicates, where a registry written in another
+// language may read the exact key, or the first: "layers" and "LAYERS" in one manifest would let pullgate link
+// digests the registry never checked.
+func checkKeys(body []byte) error {
+	desc := objectKeys{"digest": {}, "size": {}}
+	descs := valueKeys{elems: desc}
+	top := objectKeys{
+		"schemaVersion": {}, "mediaType": {}, "signatures": {},
+		"config": {obj: desc}, "subject": {obj: desc},
+		"layers": descs, "manifests": descs, "blobs": descs,
+		"fsLayers": {elems: objectKeys{"blobSum": {}}},
+	}
+	dec := json.NewDecoder(bytes.NewReader(body))
+	if err := checkValue(dec, valueKeys{obj: top}); err != nil {
+		return fmt.Errorf("%w: %v", errInvalidManifest, err)
+	}
+	return nil
+}
+
+// checkValue reads one JSON value from dec, checking the keys v names in it.
+func checkValue(dec *json.Decoder, v valueKeys) error {
+	tok, err := dec.Token()
+	if err != nil {
+		return err
+	}
+	switch tok {
+	case json.Delim('{'):
+		seen := map[string]bool{}
+		for dec.More() {
+			tok, err := dec.Token()
+			if err != nil {
+				return err
+			}
+			key, _ := tok.(string)
+			var next valueKeys
+			for name, vk := range v.obj {
+				if !strings.EqualFold(key, name) {
+					continue
+				}
+				if key != name || seen[name] {
+					return fmt.Errorf("ambiguous key %q", key)
+				}
+				seen[name], next = true, vk
+			}
+			if err := checkValue(dec, next); err != nil {
+				return err
+			}
+		}
+	case json.Delim('['):
+		for dec.More() {
+			if err := checkValue(dec, valueKeys{obj: v.elems}); err != nil {
+				return err
+			}
+		}
+	default:
+		return nil
+	}
+	_, err = dec.Token() // the closing delimiter
+	return err
 }
