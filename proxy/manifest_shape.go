@@ -111,7 +111,7 @@ func parseManifest(body []byte) (parsedManifest, error) {
 		return parsedManifest{}, fmt.Errorf("%w: %s %v", errInvalidManifest, mt, err)
 	}
 	p := parsedManifest{mediaType: mt}
-	seen := map[v1.Hash]bool{}
+	seen := map[v1.Hash]int64{} // declared sizes, -1 for none
 	add := func(s string, size *int64) error {
 		d, err := parseDigest(s)
 		if err != nil {
@@ -124,13 +124,16 @@ func parseManifest(body []byte) (parsedManifest, error) {
 			}
 			n = *size
 		}
-		if seen[d] {
+		if prev, ok := seen[d]; ok {
+			if prev >= 0 && n >= 0 && prev != n {
+				return fmt.Errorf("%w: %s is declared with sizes %d and %d", errInvalidManifest, d, prev, n)
+			}
 			return nil
 		}
 		if len(p.refs) == maxLinkedDescriptors {
 			return fmt.Errorf("%w: more than %d descriptors", errInvalidManifest, maxLinkedDescriptors)
 		}
-		seen[d] = true
+		seen[d] = n
 		p.refs = append(p.refs, linkedDigest{digest: d, size: n})
 		return nil
 	}

@@ -286,7 +286,7 @@ func (h *Handler) downloadManifest(ctx context.Context, req *request, ref string
 	if want == (v1.Hash{}) {
 		s := resp.Header.Get("Docker-Content-Digest")
 		if want, err = headerDigest(s, body); err != nil {
-			return manifest{}, h.invalidAnswer(req, ref, codeDigestInvalid, fmt.Sprintf("sent an unusable Docker-Content-Digest (Content-Type %q)", contentType), err)
+			return manifest{}, h.invalidAnswer(req, ref, codeDigestInvalid, fmt.Sprintf("sent an unusable Docker-Content-Digest (Content-Type %.100q)", contentType), err)
 		}
 	}
 	// The digest first: bytes that are not what was asked for are refused as such, whatever they look like.
@@ -299,7 +299,7 @@ func (h *Handler) downloadManifest(ctx context.Context, req *request, ref string
 	}
 	p, err := parseManifest(body)
 	if err != nil {
-		return manifest{}, h.invalidAnswer(req, ref, codeManifestInvalid, fmt.Sprintf("answered with something that is not a valid manifest (Content-Type %q)", contentType), err)
+		return manifest{}, h.invalidAnswer(req, ref, codeManifestInvalid, fmt.Sprintf("answered with something that is not a valid manifest (Content-Type %.100q)", contentType), err)
 	}
 	if ct := mediaTypeOf(contentType); shapeOf(ct) != 0 && ct != p.mediaType {
 		// The body is verified and its own type is what is served; the header is only noted.

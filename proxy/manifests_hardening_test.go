@@ -161,6 +161,7 @@ func TestParseManifestShapes(t *testing.T) {
 		{"schema1 typed as oci", `{"schemaVersion":1,"mediaType":"` + mediaOCIManifest + `","fsLayers":[]}`, "", nil},
 		{"unknown type", `{"schemaVersion":2,"mediaType":"text/html","config":` + desc(a, 2) + `}`, "", nil},
 		{"wrong schemaVersion", `{"schemaVersion":3,"mediaType":"` + mediaOCIManifest + `","config":` + desc(a, 2) + `}`, "", nil},
+		{"two sizes for one digest", `{"schemaVersion":2,"mediaType":"` + mediaOCIManifest + `","config":` + desc(a, 2) + `,"layers":[` + desc(a, 3) + `]}`, "", nil},
 		{"negative size", `{"schemaVersion":2,"mediaType":"` + mediaOCIManifest + `","config":` + desc(a, -1) + `}`, "", nil},
 		{"layers twice in another case", `{"schemaVersion":2,"mediaType":"` + mediaOCIManifest + `","config":` + desc(a, 2) + `,"layers":[],"LAYERS":[` + desc(c, 4) + `]}`, "", nil},
 		{"digest twice in a descriptor", `{"schemaVersion":2,"mediaType":"` + mediaOCIManifest + `","config":{"digest":"` + a + `","size":2,"Digest":"` + c + `"}}`, "", nil},
