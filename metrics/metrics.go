@@ -33,6 +33,9 @@ type Metrics struct {
 	// ConfigReloads counts reloads of configuration files (the TLS key pair, upstream credentials) by file and
 	// result ("ok" or "error").
 	ConfigReloads *prometheus.CounterVec
+	// UpstreamInvalidAnswers counts upstream answers with a success status that were not the manifest asked
+	// for (not a manifest, an invalid one, or the wrong bytes), by upstream.
+	UpstreamInvalidAnswers *prometheus.CounterVec
 }
 
 // Usage reports the cache's size; it is read at scrape time.
@@ -91,11 +94,14 @@ func New(reg prometheus.Registerer, usage Usage) *Metrics {
 			Name: "pullgate_config_reloads_total",
 			Help: "Reloads of configuration files by file and result; on error the previous content stays in use.",
 		}, []string{"file", "result"}),
+		UpstreamInvalidAnswers: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "pullgate_upstream_invalid_answers_total",
+			Help: "Upstream answers with a success status that were not the manifest asked for, by upstream.",
+		}, []string{"upstream"}),
 	}
-	reg.MustRegister(m.ConfigReloads)
 	reg.MustRegister(m.Requests, m.RequestDuration, m.BytesServed, m.BytesFetched, m.UpstreamRequests,
 		m.UpstreamLatency, m.UpstreamRateLimitRemaining, m.FillsInFlight, m.DigestMismatches, m.TagMutations,
-		m.PolicyDenials)
+		m.PolicyDenials, m.UpstreamInvalidAnswers, m.ConfigReloads)
 	if usage != nil {
 		reg.MustRegister(
 			prometheus.NewGaugeFunc(prometheus.GaugeOpts{

@@ -1,9 +1,10 @@
 package proxy
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
+	"crypto/sha256"
+	"crypto/sha512"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -21,13 +22,7 @@ import (
 
 // manifestAccept is what pullgate accepts from upstreams: every manifest and index type in use.
 var manifestAccept = strings.Join([]string{
-	"application/vnd.oci.image.index.v1+json",
-	"application/vnd.oci.image.manifest.v1+json",
-	"application/vnd.docker.distribution.manifest.list.v2+json",
-	"application/vnd.docker.distribution.manifest.v2+json",
-	"application/vnd.oci.artifact.manifest.v1+json",
-	"application/vnd.docker.distribution.manifest.v1+prettyjws",
-	"application/vnd.docker.distribution.manifest.v1+json",
+	mediaOCIIndex, mediaOCIManifest, mediaDockerList, mediaDockerManifest, mediaOCIArtifact, mediaDockerV1Signed, mediaDockerV1,
 }, ", ")
 
 // manifest is one manifest's bytes and what they are. Manifests are small (bounded by MaxManifestSize), so
@@ -36,6 +31,9 @@ type manifest struct {
 	digest    v1.Hash
 	mediaType string
 	body      []byte
+	// repointed is, for a manifest fetched by an immutable tag that kept its pinned digest, the digest the
+	// upstream's tag names now; zero otherwise.
+	repointed v1.Hash
 }
 
 // manifestFlights de-duplicates concurrent upstream requests for the same manifest.
@@ -45,6 +43,9 @@ func (h *Handler) serveManifest(w *recorder, r *http.Request, req *request) erro
 	m, err := h.resolveManifest(r.Context(), req, req.ref)
 	if err != nil {
 		return err
+	}
+	if m.repointed != (v1.Hash{}) {
+		req.cache, req.note = "revalidated", "tag_mutation"
 	}
 	req.digest, req.mediaType = m.digest.String(), m.mediaType
 	hdr := w.Header()
@@ -123,50 +124,69 @@ func (h *Handler) revalidate(ctx context.Context, req *request, tag string, e ca
 			return v1.Hash{}, err
 		}
 		resp.Body.Close()
-		d, _ := v1.NewHash(resp.Header.Get("Docker-Content-Digest"))
+		d, _ := parseDigest(resp.Header.Get("Docker-Content-Digest"))
 		return d, nil
 	})
 	if err != nil {
-		if serveStale(err) {
-			req.cache = "stale"
-			return cached, nil
-		}
-		return manifest{}, err
+		return h.serveStaleOr(req, cached, err)
 	}
 	upDigest := v.(v1.Hash)
 	if upDigest == e.Digest {
 		req.cache = "revalidated"
 		e.Fetched = h.opts.Now()
-		return cached, h.opts.Cache.SetTag(req.up.Name, req.repo, tag, e)
+		if _, err := h.setTag(req, tag, e); err != nil {
+			return manifest{}, err
+		}
+		return cached, nil
 	}
 	if upDigest != (v1.Hash{}) && h.opts.Policy.immutable(tag) {
-		return h.keepImmutable(req, tag, e, cached, upDigest)
+		// The pinned entry is kept whatever the upstream says: only its Fetched time moves.
+		e.Fetched = h.opts.Now()
+		if _, err := h.opts.Cache.SetImmutableTag(req.up.Name, req.repo, tag, e); err != nil {
+			return manifest{}, err
+		}
+		h.tagMutation(req, tag, e.Digest, upDigest)
+		cached.repointed = upDigest
+		return cached, nil
 	}
-	// The tag moved (or the upstream did not say where): fetch what it points at now.
+	// The tag moved (or the upstream did not say where): fetch what it points at now. An immutable tag keeps
+	// its pin in the same index write that would move it (downloadManifest).
 	m, err := h.fetchManifest(ctx, req, tag, v1.Hash{})
 	if err != nil {
-		if serveStale(err) {
-			req.cache = "stale"
-			return cached, nil
-		}
-		return manifest{}, err
+		return h.serveStaleOr(req, cached, err)
 	}
 	req.cache = "miss"
-	if m.digest != e.Digest && h.opts.Policy.immutable(tag) {
-		return h.keepImmutable(req, tag, e, cached, m.digest)
-	}
 	return m, nil
 }
 
-// keepImmutable serves the pinned digest of an immutable tag that the upstream re-pointed, and says so.
-func (h *Handler) keepImmutable(req *request, tag string, e cache.TagEntry, cached manifest, upDigest v1.Hash) (manifest, error) {
-	req.cache, req.note = "revalidated", "tag_mutation"
+// serveStaleOr serves the cached manifest when err is an upstream failure that allows it (an upstream that is
+// down, rate-limited, failing, or answering with something that is not the manifest), else returns err.
+func (h *Handler) serveStaleOr(req *request, cached manifest, err error) (manifest, error) {
+	if !serveStale(err) {
+		return manifest{}, err
+	}
+	req.cache = "stale"
+	if errors.Is(err, errInvalidAnswer) {
+		req.note = "upstream_invalid_answer"
+	}
+	return cached, nil
+}
+
+// setTag points tag at e.Digest. An immutable tag that points elsewhere already keeps its digest, decided in
+// the same index write; the entry in force afterwards is returned.
+func (h *Handler) setTag(req *request, tag string, e cache.TagEntry) (cache.TagEntry, error) {
+	if h.opts.Policy.immutable(tag) {
+		return h.opts.Cache.SetImmutableTag(req.up.Name, req.repo, tag, e)
+	}
+	return e, h.opts.Cache.SetTag(req.up.Name, req.repo, tag, e)
+}
+
+// tagMutation reports that the upstream re-pointed an immutable tag, whose pinned digest is served instead.
+func (h *Handler) tagMutation(req *request, tag string, pinned, upDigest v1.Hash) {
 	h.opts.Metrics.TagMutations.WithLabelValues(req.up.Name).Inc()
 	h.opts.Log.Warn("tag_mutation: immutable tag re-pointed upstream; serving the pinned digest",
 		"upstream", req.up.Name, "repository", req.repo, "tag", tag,
-		"pinned", e.Digest.String(), "upstream_digest", upDigest.String())
-	e.Fetched = h.opts.Now()
-	return cached, h.opts.Cache.SetTag(req.up.Name, req.repo, tag, e)
+		"pinned", pinned.String(), "upstream_digest", upDigest.String())
 }
 
 // cachedManifest reads a stored manifest.
@@ -188,12 +208,16 @@ func (h *Handler) cachedManifest(d v1.Hash) (manifest, error) {
 	if _, err := io.ReadFull(f, body); err != nil {
 		return manifest{}, fmt.Errorf("reading cached manifest %s: %w", d, err)
 	}
+	mt, err := servedType(obj.MediaType, body)
+	if err != nil {
+		return manifest{}, errorf(codeManifestUnknown, "%s is stored as %q and is not a manifest", d, obj.MediaType)
+	}
 	h.opts.Cache.Touch(d)
-	return manifest{digest: d, mediaType: obj.MediaType, body: body}, nil
+	return manifest{digest: d, mediaType: mt, body: body}, nil
 }
 
 // fetchManifest fetches ref from the upstream once however many clients ask, verifies it, stores it, links it
-// (and what it references) to the repository, and points the tag at it. want is the expected digest when ref
+// (and the descriptors its type defines) to the repository, and points the tag at it. want is the expected digest when ref
 // is a digest.
 func (h *Handler) fetchManifest(ctx context.Context, req *request, ref string, want v1.Hash) (manifest, error) {
 	c := h.opts.Cache
@@ -219,6 +243,23 @@ func (h *Handler) fetchManifest(ctx context.Context, req *request, ref string, w
 	return v.(manifest), nil
 }
 
+// errInvalidAnswer marks an upstream answer that came with a success status but is not the manifest asked for:
+// not a manifest at all (a captive portal's page), a manifest of an invalid shape, or bytes that do not match the
+// digest. A cached tag is then served stale.
+var errInvalidAnswer = errors.New("upstream answer is not a usable manifest")
+
+// invalidAnswer logs and counts an unusable upstream answer and returns the error the client sees (when nothing
+// cached can be served instead). It wraps errInvalidAnswer and cause.
+func (h *Handler) invalidAnswer(req *request, ref string, c code, msg string, cause error) error {
+	h.opts.Metrics.UpstreamInvalidAnswers.WithLabelValues(req.up.Name).Inc()
+	h.opts.Log.Warn("upstream sent an unusable manifest answer", "upstream", req.up.Name, "repository", req.repo,
+		"reference", ref, "problem", msg, "error", cause)
+	return &apiError{code: c, status: http.StatusBadGateway, message: fmt.Sprintf("upstream %s %s", req.up.Name, msg),
+		cause: fmt.Errorf("%w: %w", errInvalidAnswer, cause)}
+}
+
+// downloadManifest fetches ref, checks its digest and shape, stores and links it, and, for a tag, points the
+// tag at it (an immutable tag keeps its pinned digest, which is then what is returned).
 func (h *Handler) downloadManifest(ctx context.Context, req *request, ref string, want v1.Hash) (manifest, error) {
 	resp, err := h.fetch(ctx, req, http.MethodGet, kindManifests, ref, http.Header{"Accept": {manifestAccept}})
 	if err != nil {
@@ -241,50 +282,92 @@ func (h *Handler) downloadManifest(ctx context.Context, req *request, ref string
 	if resp.ContentLength >= 0 && int64(len(body)) != resp.ContentLength {
 		return manifest{}, fmt.Errorf("%w: upstream %s sent %d of %d manifest bytes", upstream.ErrUnavailable, req.up.Name, len(body), resp.ContentLength)
 	}
+	contentType := resp.Header.Get("Content-Type")
 	if want == (v1.Hash{}) {
-		want, err = headerDigest(resp.Header, body)
-		if err != nil {
-			return manifest{}, err
+		s := resp.Header.Get("Docker-Content-Digest")
+		if want, err = headerDigest(s, body); err != nil {
+			return manifest{}, h.invalidAnswer(req, ref, codeDigestInvalid, fmt.Sprintf("sent an unusable Docker-Content-Digest (Content-Type %.100q)", contentType), err)
 		}
 	}
-	if !looksLikeManifest(body) {
-		return manifest{}, &apiError{code: codeManifestInvalid, status: http.StatusBadGateway,
-			message: fmt.Sprintf("upstream %s answered with something that is not a manifest (Content-Type %q)", req.up.Name, resp.Header.Get("Content-Type"))}
+	// The digest first: bytes that are not what was asked for are refused as such, whatever they look like.
+	if got, err := digestOf(want.Algorithm, body); err != nil {
+		return manifest{}, err
+	} else if got != want {
+		h.opts.Metrics.DigestMismatches.WithLabelValues(req.up.Name).Inc()
+		return manifest{}, h.invalidAnswer(req, ref, codeDigestInvalid, "sent a manifest that does not match its digest; nothing was kept",
+			&cache.DigestMismatchError{Want: want, Got: got, Size: int64(len(body))})
 	}
-	m := manifest{digest: want, mediaType: manifestMediaType(resp.Header.Get("Content-Type"), body), body: body}
-	if err := h.storeManifest(req, m); err != nil {
-		var dm *cache.DigestMismatchError
-		if errors.As(err, &dm) {
-			h.opts.Metrics.DigestMismatches.WithLabelValues(req.up.Name).Inc()
-		}
+	p, err := parseManifest(body)
+	if err != nil {
+		return manifest{}, h.invalidAnswer(req, ref, codeManifestInvalid, fmt.Sprintf("answered with something that is not a valid manifest (Content-Type %.100q)", contentType), err)
+	}
+	if ct := mediaTypeOf(contentType); shapeOf(ct) != 0 && ct != p.mediaType {
+		// The body is verified and its own type is what is served; the header is only noted.
+		h.opts.Log.Warn("upstream Content-Type disagrees with the manifest; serving the manifest's own type",
+			"upstream", req.up.Name, "repository", req.repo, "reference", ref, "content_type", ct, "media_type", p.mediaType)
+	}
+	m := manifest{digest: want, mediaType: p.mediaType, body: body}
+	if err := h.storeManifest(req, m, p.refs); err != nil {
 		return manifest{}, err
 	}
-	if !isDigest(ref) {
-		e := cache.TagEntry{Digest: m.digest, MediaType: m.mediaType, Size: int64(len(body)), Fetched: h.opts.Now()}
-		if err := h.opts.Cache.SetTag(req.up.Name, req.repo, ref, e); err != nil {
-			return manifest{}, err
-		}
+	if isDigest(ref) {
+		return m, nil
 	}
-	return m, nil
-}
-
-// headerDigest is the digest a manifest fetched by tag must match: the upstream's Docker-Content-Digest when
-// it sent one (in the algorithm it chose), else the sha256 of the body.
-func headerDigest(h http.Header, body []byte) (v1.Hash, error) {
-	s := h.Get("Docker-Content-Digest")
-	if s == "" {
-		d, _, err := v1.SHA256(bytes.NewReader(body))
-		return d, err
-	}
-	d, err := parseDigest(s)
+	e := cache.TagEntry{Digest: m.digest, MediaType: m.mediaType, Size: int64(len(body)), Fetched: h.opts.Now()}
+	kept, err := h.setTag(req, ref, e)
 	if err != nil {
-		return v1.Hash{}, &apiError{code: codeDigestInvalid, status: http.StatusBadGateway, message: "upstream sent an unusable Docker-Content-Digest", cause: err}
+		return manifest{}, err
 	}
-	return d, nil
+	if kept.Digest == m.digest {
+		return m, nil
+	}
+	// An immutable tag: the index still points at the pinned digest, which is what every client gets.
+	h.tagMutation(req, ref, kept.Digest, m.digest)
+	pinned, err := h.cachedManifest(kept.Digest)
+	if errors.Is(err, cache.ErrNotFound) {
+		pinned, err = h.downloadManifest(ctx, req, kept.Digest.String(), kept.Digest)
+	}
+	if err != nil {
+		return manifest{}, fmt.Errorf("reading the pinned manifest %s of immutable tag %s: %w", kept.Digest, ref, err)
+	}
+	pinned.repointed = m.digest
+	return pinned, nil
 }
 
-// storeManifest verifies and stores m and links it, and every descriptor it lists, to the repository.
-func (h *Handler) storeManifest(req *request, m manifest) error {
+// mediaTypeOf is the media type of a Content-Type header, without parameters.
+func mediaTypeOf(contentType string) string {
+	ct, _, _ := strings.Cut(contentType, ";")
+	return strings.TrimSpace(ct)
+}
+
+// headerDigest is the digest a manifest fetched by tag must match: the upstream's Docker-Content-Digest s when
+// it sent one (in the algorithm it chose), else the sha256 of the body.
+func headerDigest(s string, body []byte) (v1.Hash, error) {
+	if s == "" {
+		return digestOf("sha256", body)
+	}
+	return parseDigest(s)
+}
+
+// digestOf hashes body with the algorithm alg (sha256 or sha512).
+func digestOf(alg string, body []byte) (v1.Hash, error) {
+	var sum []byte
+	switch alg {
+	case "sha256":
+		s := sha256.Sum256(body)
+		sum = s[:]
+	case "sha512":
+		s := sha512.Sum512(body)
+		sum = s[:]
+	default:
+		return v1.Hash{}, fmt.Errorf("%w: %q", cache.ErrUnsupportedDigest, alg)
+	}
+	return v1.Hash{Algorithm: alg, Hex: hex.EncodeToString(sum)}, nil
+}
+
+// storeManifest stores m (the cache verifies its digest again) and links it, with the descriptors its type
+// defines and the sizes they declare, to the repository.
+func (h *Handler) storeManifest(req *request, m manifest, refs []linkedDigest) error {
 	c := h.opts.Cache
 	w, err := c.NewWriter(m.digest, m.mediaType, int64(len(m.body)))
 	if err != nil {
@@ -297,97 +380,15 @@ func (h *Handler) storeManifest(req *request, m manifest) error {
 	if _, err := w.Commit(); err != nil {
 		return err
 	}
-	for _, d := range append(referencedDigests(m.body), m.digest) {
-		if err := c.Link(req.up.Name, req.repo, d); err != nil {
+	for _, r := range append(refs, linkedDigest{digest: m.digest, size: int64(len(m.body))}) {
+		if err := c.LinkDescriptor(req.up.Name, req.repo, r.digest, r.size); err != nil {
 			return err
 		}
 	}
 	return nil
 }
 
-// descriptor is the part of an OCI descriptor pullgate reads.
-type descriptor struct {
-	MediaType    string            `json:"mediaType"`
-	Digest       string            `json:"digest"`
-	Size         int64             `json:"size"`
-	ArtifactType string            `json:"artifactType,omitempty"`
-	Annotations  map[string]string `json:"annotations,omitempty"`
-	Platform     json.RawMessage   `json:"platform,omitempty"`
-}
-
-// manifestFields is the part of any manifest or index pullgate reads.
-type manifestFields struct {
-	MediaType    string       `json:"mediaType"`
-	ArtifactType string       `json:"artifactType"`
-	Config       *descriptor  `json:"config"`
-	Layers       []descriptor `json:"layers"`
-	Manifests    []descriptor `json:"manifests"`
-	Blobs        []descriptor `json:"blobs"`
-	Subject      *descriptor  `json:"subject"`
-	FSLayers     []struct {
-		BlobSum string `json:"blobSum"`
-	} `json:"fsLayers"`
-}
-
-// referencedDigests lists the digests a manifest or index refers to (config, layers, child manifests), which
-// the repository therefore contains. Invalid ones are skipped: they can never be requested.
-func referencedDigests(body []byte) []v1.Hash {
-	var mf manifestFields
-	if json.Unmarshal(body, &mf) != nil {
-		return nil
-	}
-	var out []v1.Hash
-	add := func(s string) {
-		if d, err := parseDigest(s); err == nil {
-			out = append(out, d)
-		}
-	}
-	if mf.Config != nil {
-		add(mf.Config.Digest)
-	}
-	for _, l := range [][]descriptor{mf.Layers, mf.Manifests, mf.Blobs} {
-		for _, d := range l {
-			add(d.Digest)
-		}
-	}
-	for _, l := range mf.FSLayers {
-		add(l.BlobSum)
-	}
-	return out
-}
-
-// looksLikeManifest reports whether body is a JSON object shaped like a manifest or index (a schemaVersion, or a
-// media type), so that an HTML error page or a stray blob is never cached under a tag.
-func looksLikeManifest(body []byte) bool {
-	var v struct {
-		SchemaVersion *int   `json:"schemaVersion"`
-		MediaType     string `json:"mediaType"`
-	}
-	return json.Unmarshal(body, &v) == nil && (v.SchemaVersion != nil || v.MediaType != "")
-}
-
-// manifestMediaType picks the media type to serve a manifest with: the upstream's Content-Type when it is a
-// specific type, else the manifest's own mediaType field, else what its shape says.
-func manifestMediaType(contentType string, body []byte) string {
-	ct, _, _ := strings.Cut(contentType, ";")
-	ct = strings.TrimSpace(ct)
-	if ct != "" && ct != "application/octet-stream" && ct != "text/plain" && ct != "application/json" {
-		return ct
-	}
-	var mf manifestFields
-	_ = json.Unmarshal(body, &mf)
-	switch {
-	case mf.MediaType != "":
-		return mf.MediaType
-	case mf.Manifests != nil:
-		return "application/vnd.oci.image.index.v1+json"
-	case len(mf.FSLayers) > 0:
-		return "application/vnd.docker.distribution.manifest.v1+json"
-	}
-	return "application/vnd.oci.image.manifest.v1+json"
-}
-
-// confirmLink makes sure the repository is known to contain d (DESIGN invariant 6): linked in the index, or
+// confirmLink makes sure the repository is known to contain d (invariant: no cross-repository leaks): linked in the index, or
 // confirmed now by the upstream with a HEAD, after which it is linked.
 func (h *Handler) confirmLink(ctx context.Context, req *request, k kind, d v1.Hash) error {
 	c := h.opts.Cache
@@ -431,13 +432,13 @@ func (h *Handler) flight(ctx context.Context, key string, fn func(context.Contex
 	}
 }
 
-// serveStale reports whether an upstream failure lets a cached tag be served instead (DESIGN invariant 4).
+// serveStale reports whether an upstream failure lets a cached tag be served instead (invariant: serve stale rather than fail).
 func serveStale(err error) bool {
 	var se *upstream.StatusError
 	if errors.As(err, &se) {
 		return se.Status == http.StatusTooManyRequests || se.Status >= 500
 	}
-	return errors.Is(err, upstream.ErrUnavailable) || errors.Is(err, upstream.ErrOffline) ||
+	return errors.Is(err, errInvalidAnswer) || errors.Is(err, upstream.ErrUnavailable) || errors.Is(err, upstream.ErrOffline) ||
 		errors.Is(err, context.DeadlineExceeded) || errors.Is(err, os.ErrDeadlineExceeded) ||
 		isTimeout(err)
 }
