@@ -30,6 +30,12 @@ type Metrics struct {
 	TagMutations *prometheus.CounterVec
 	// PolicyDenials counts requests refused by the allow-list.
 	PolicyDenials *prometheus.CounterVec
+	// FillsAbandoned counts fills stopped because no client read them for the abandon grace.
+	FillsAbandoned prometheus.Counter
+	// FillsBusy counts requests refused (503) because every fill slot for the upstream stayed taken.
+	FillsBusy *prometheus.CounterVec
+	// Prefetches counts blob fills started ahead of clients for image manifests, by upstream.
+	Prefetches *prometheus.CounterVec
 }
 
 // Usage reports the cache's size; it is read at scrape time.
@@ -84,10 +90,22 @@ func New(reg prometheus.Registerer, usage Usage) *Metrics {
 			Name: "pullgate_policy_denials_total",
 			Help: "Requests refused by the allow-list, by upstream.",
 		}, []string{"upstream"}),
+		FillsAbandoned: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "pullgate_fills_abandoned_total",
+			Help: "Blob fills stopped because every client reading them went away.",
+		}),
+		FillsBusy: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "pullgate_fills_busy_total",
+			Help: "Blob requests refused because every fill slot for the upstream stayed taken, by upstream.",
+		}, []string{"upstream"}),
+		Prefetches: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "pullgate_prefetches_total",
+			Help: "Blob fills started ahead of clients for image manifests, by upstream.",
+		}, []string{"upstream"}),
 	}
 	reg.MustRegister(m.Requests, m.RequestDuration, m.BytesServed, m.BytesFetched, m.UpstreamRequests,
 		m.UpstreamLatency, m.UpstreamRateLimitRemaining, m.FillsInFlight, m.DigestMismatches, m.TagMutations,
-		m.PolicyDenials)
+		m.PolicyDenials, m.FillsAbandoned, m.FillsBusy, m.Prefetches)
 	if usage != nil {
 		reg.MustRegister(
 			prometheus.NewGaugeFunc(prometheus.GaugeOpts{

@@ -259,6 +259,7 @@ func (h *Handler) downloadManifest(ctx context.Context, req *request, ref string
 		}
 		return manifest{}, err
 	}
+	h.prefetch(req, m)
 	if !isDigest(ref) {
 		e := cache.TagEntry{Digest: m.digest, MediaType: m.mediaType, Size: int64(len(body)), Fetched: h.opts.Now()}
 		if err := h.opts.Cache.SetTag(req.up.Name, req.repo, ref, e); err != nil {
@@ -299,6 +300,11 @@ func (h *Handler) storeManifest(req *request, m manifest) error {
 	}
 	for _, d := range append(referencedDigests(m.body), m.digest) {
 		if err := c.Link(req.up.Name, req.repo, d); err != nil {
+			return err
+		}
+	}
+	for _, b := range imageBlobs(m.body) {
+		if err := c.LinkDescriptor(req.up.Name, req.repo, b.digest, b.size); err != nil {
 			return err
 		}
 	}
