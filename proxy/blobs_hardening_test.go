@@ -227,7 +227,23 @@ func TestRangeDuringFill(t *testing.T) {
 			<-f.ready
 			waitFor(t, "the fill's first half", func() bool { return f.w.Written() == size/2 })
 			ranged := e.asyncGet(context.Background(), path, "Range", tt.rng)
-			waitFor(t, "the ranged client to join", func() bool { return fillClients(e.h, d) == 2 })
+			var early *result
+			waitFor(t, "the ranged client to join", func() bool {
+				select {
+				case r := <-ranged:
+					early = &r
+					return true
+				default:
+					return fillClients(e.h, d) == 2
+				}
+			})
+			if early != nil {
+				close(release)
+				if early.err != nil {
+					t.Fatal(early.err)
+				}
+				t.Fatalf("answered before the fill was verified: status %d, body %.40q", early.resp.StatusCode, early.body)
+			}
 			if tt.expire {
 				waitFor(t, "the range wait", func() bool { return timers.pending(testRangeWait) == 1 })
 				timers.fire(testRangeWait)
@@ -515,10 +531,7 @@ func TestBlobNegativeCache(t *testing.T) {
 // TestManifestsNotStarvedByFills: fills hanging on a slow upstream never hold every slot of the upstream
 // client, so a manifest request still gets through.
 func TestManifestsNotStarvedByFills(t *testing.T) {
-	e := newEnv(t, func(o *Options) {
-		o.MaxFillsPerUpstream = 4
-		o.FillWait = time.Hour
-	})
+	e, timers := newTimedEnv(t, func(o *Options) { o.MaxFillsPerUpstream = 4 })
 	// The upstream client's own bound: 8 requests waiting for response headers at once.
 	client, err := upstream.New(upstream.Options{Name: "local", URL: e.up.srv.URL, Transport: e.up.srv.Client().Transport,
 		Now: e.clock.Now, Concurrency: 8, Timeout: time.Hour, FailureThreshold: 1000})
@@ -548,7 +561,10 @@ func TestManifestsNotStarvedByFills(t *testing.T) {
 	for range 12 {
 		e.asyncGet(ctx, "/v2/local/team/starve/blobs/"+randomDigest(t).String())
 	}
-	waitFor(t, "the fills to hang", func() bool { return up.count("GET blobs") == 4 })
+	// Every request is either in a fill or waiting for a fill slot.
+	waitFor(t, "the fills to hang", func() bool {
+		return up.count("GET blobs") >= 4 && int(e.counter(e.m.FillsInFlight))+timers.pending(testFillWait) == 12
+	})
 	r := await(t, "manifest GET", e.asyncGet(context.Background(), "/v2/local/team/starve/manifests/v1"))
 	if r.err != nil || r.resp.StatusCode != http.StatusOK {
 		t.Fatalf("manifest: %v %v", r.err, r.resp)
