@@ -566,8 +566,11 @@ func TestManifestsNotStarvedByFills(t *testing.T) {
 		return up.count("GET blobs") >= 4 && int(e.counter(e.m.FillsInFlight))+timers.pending(testFillWait) == 12
 	})
 	r := await(t, "manifest GET", e.asyncGet(context.Background(), "/v2/local/team/starve/manifests/v1"))
-	if r.err != nil || r.resp.StatusCode != http.StatusOK {
-		t.Fatalf("manifest: %v %v", r.err, r.resp)
+	if r.err != nil {
+		t.Fatal(r.err)
+	}
+	if r.resp.StatusCode != http.StatusOK {
+		t.Fatalf("manifest: %d %.200s", r.resp.StatusCode, r.body)
 	}
 }
 
@@ -597,11 +600,14 @@ func TestJoinerRetriesOwnFill(t *testing.T) {
 	waitFor(t, "the victim to join", func() bool { return fillClients(e.h, d) == 2 })
 	close(release)
 	if r := await(t, "attacker", evil); r.err != nil || r.resp.StatusCode != 404 {
-		t.Fatalf("attacker: %v %v", r.err, r.resp)
+		t.Fatalf("attacker: %v, want a 404", r.err)
 	}
 	r := await(t, "victim", good)
-	if r.err != nil || r.resp.StatusCode != 200 || !bytes.Equal(r.body, blob) {
-		t.Fatalf("victim: %v, status %v, %d bytes", r.err, r.resp, len(r.body))
+	if r.err != nil {
+		t.Fatal(r.err)
+	}
+	if r.resp.StatusCode != 200 || !bytes.Equal(r.body, blob) {
+		t.Fatalf("victim: status %d, %d bytes: %.200s", r.resp.StatusCode, len(r.body), r.body)
 	}
 	// The blob is cached now, and still not served to the repository that lacks it.
 	if resp, _ := e.get("/v2/local/evil/app/blobs/" + d.String()); resp.StatusCode != 404 {

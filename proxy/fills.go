@@ -150,6 +150,13 @@ func (h *Handler) joinFill(d v1.Hash) *fill {
 // client says whether the caller reads the fill; a fill started with none (a prefetch) has its grace timer
 // armed from the start.
 func (h *Handler) newFill(req *request, d v1.Hash, release func(), client bool) (f *fill, started bool, err error) {
+	declared, linked, err := h.opts.Cache.LinkedSize(req.up.Name, req.repo, d)
+	if err != nil {
+		return nil, false, err
+	}
+	if !linked {
+		declared = -1
+	}
 	h.fills.mu.Lock()
 	defer h.fills.mu.Unlock()
 	if f := h.fills.m[d]; f != nil {
@@ -164,13 +171,6 @@ func (h *Handler) newFill(req *request, d v1.Hash, release func(), client bool) 
 		return nil, false, nil
 	} else if !errors.Is(err, cache.ErrNotFound) {
 		return nil, false, err
-	}
-	declared, linked, err := h.opts.Cache.LinkedSize(req.up.Name, req.repo, d)
-	if err != nil {
-		return nil, false, err
-	}
-	if !linked {
-		declared = -1
 	}
 	if h.fills.m == nil {
 		h.fills.m = map[v1.Hash]*fill{}
@@ -189,7 +189,7 @@ func (h *Handler) newFill(req *request, d v1.Hash, release func(), client bool) 
 	go func() {
 		defer done()
 		err := h.runFill(fctx, &request{up: req.up, repo: req.repo}, d, f)
-		if errors.Is(context.Cause(fctx), errFillAbandoned) {
+		if err != nil && errors.Is(context.Cause(fctx), errFillAbandoned) {
 			err = fmt.Errorf("fill of %s stopped: %w", d, errFillAbandoned)
 		}
 		h.fills.mu.Lock()
@@ -241,19 +241,26 @@ func (f *fill) disarm() {
 	}
 }
 
+// joinedFillError is the failure of a fill's upstream request, as seen by a client that joined the fill.
+type joinedFillError struct{ err error }
+
+func (e *joinedFillError) Error() string { return e.err.Error() }
+func (e *joinedFillError) Unwrap() error { return e.err }
+
 // retryOwnFill reports whether a client that joined a fill started under another repository should start
-// over with a fill of its own: the fill failed for a reason of the repository that started it (the upstream
-// refused that repository, or a size only its manifests declared), and the client's own repository was
-// confirmed to hold the blob before it joined.
+// over with a fill of its own: the fill's upstream request failed for a reason of the repository that started
+// it (the upstream refused that repository, or its Content-Length differs from a size only that repository's
+// manifests declared), and the client's own repository was confirmed to hold the blob before it joined.
 func (h *Handler) retryOwnFill(req *request, f *fill, err error) bool {
-	if err == nil || (f.up == req.up.Name && f.repo == req.repo) || err != f.startErr {
+	var je *joinedFillError
+	if !errors.As(err, &je) || (f.up == req.up.Name && f.repo == req.repo) {
 		return false
 	}
-	if errors.Is(err, errDeclaredSize) {
+	if errors.Is(je.err, errDeclaredSize) {
 		return true
 	}
 	var se *upstream.StatusError
-	if !errors.As(err, &se) {
+	if !errors.As(je.err, &se) {
 		return false
 	}
 	switch se.Status {
@@ -350,7 +357,7 @@ func (h *Handler) serveFromFill(w *recorder, r *http.Request, req *request, d v1
 		return ctx.Err()
 	}
 	if f.startErr != nil {
-		return f.startErr
+		return &joinedFillError{f.startErr}
 	}
 	if rg := r.Header.Get("Range"); rg != "" && f.size >= 0 {
 		// The cache writer's readers hold back only the blob's last byte until the digest is verified: a
