@@ -746,6 +746,39 @@ func TestPrefetch(t *testing.T) {
 			t.Fatalf("layer after the failed prefetch: %d %s", resp.StatusCode, body)
 		}
 	})
+	t.Run("client joins a prefetch in flight", func(t *testing.T) {
+		e, timers := newTimedEnv(t)
+		img := randomImage(t, 1)
+		e.up.push(t, "team/join:v1", img)
+		layers, _ := img.Layers()
+		ld := mustDigest(t, layers[0])
+		want, _ := layers[0].Compressed()
+		wantBody, _ := io.ReadAll(want)
+		release := make(chan struct{})
+		e.up.setFault(func(w http.ResponseWriter, r *http.Request) bool {
+			if r.Method == http.MethodGet && strings.HasSuffix(r.URL.Path, "/blobs/"+ld.String()) {
+				<-release // the registry answers once released
+			}
+			return false
+		})
+		if resp, _ := e.get("/v2/local/team/join/manifests/v1"); resp.StatusCode != 200 {
+			t.Fatalf("manifest: %d", resp.StatusCode)
+		}
+		// The prefetch has no client yet: its grace runs from its start.
+		if n := timers.pending(testAbandonGrace); n < 1 { // the config's fill may be done already
+			t.Fatalf("grace timers = %d, want one for the held layer's prefetch", n)
+		}
+		ch := e.asyncGet(context.Background(), "/v2/local/team/join/blobs/"+ld.String())
+		waitFor(t, "the client to join the prefetch", func() bool { return fillClients(e.h, ld) == 1 })
+		close(release)
+		r := await(t, "layer GET", ch)
+		if r.err != nil || r.readErr != nil || !bytes.Equal(r.body, wantBody) {
+			t.Fatalf("layer: %v %v, %d bytes", r.err, r.readErr, len(r.body))
+		}
+		if n := e.up.count("GET blobs"); n != 2 {
+			t.Errorf("upstream blob GETs = %d, want 2 (config and layer, once each)", n)
+		}
+	})
 	t.Run("bounded", func(t *testing.T) {
 		e := newEnv(t, func(o *Options) { o.PrefetchConcurrency = 2 })
 		img := randomImage(t, 5)
