@@ -528,49 +528,78 @@ func TestBlobNegativeCache(t *testing.T) {
 	}
 }
 
+// limitedFetcher is the upstream client, saying its concurrency as a client that exposes it would.
+type limitedFetcher struct {
+	*upstream.Client
+	n int
+}
+
+func (f limitedFetcher) Concurrency() int { return f.n }
+
 // TestManifestsNotStarvedByFills: fills hanging on a slow upstream never hold every slot of the upstream
-// client, so a manifest request still gets through.
+// client, so a manifest request still gets through: with MaxFillsPerUpstream below the client's concurrency,
+// or with a larger one lowered to half the concurrency of a client that says it.
 func TestManifestsNotStarvedByFills(t *testing.T) {
-	e, timers := newTimedEnv(t, func(o *Options) { o.MaxFillsPerUpstream = 4 })
-	// The upstream client's own bound: 8 requests waiting for response headers at once.
-	client, err := upstream.New(upstream.Options{Name: "local", URL: e.up.srv.URL, Transport: e.up.srv.Client().Transport,
-		Now: e.clock.Now, Concurrency: 8, Timeout: time.Hour, FailureThreshold: 1000})
-	if err != nil {
-		t.Fatal(err)
+	tests := []struct {
+		name        string
+		maxFills    int
+		sayConc     bool
+		wantHanging int
+	}{
+		{name: "MaxFillsPerUpstream below the client's concurrency", maxFills: 4, wantHanging: 4},
+		{name: "MaxFillsPerUpstream lowered to half the concurrency", maxFills: 100, sayConc: true, wantHanging: 4},
 	}
-	e.opts.Upstreams[0].Fetcher = client
-	e.restart()
-	up := e.up
-	img := randomImage(t, 1)
-	up.push(t, "team/starve:v1", img)
-	hold := make(chan struct{})
-	defer close(hold)
-	up.setFault(func(w http.ResponseWriter, r *http.Request) bool {
-		if r.Method == http.MethodGet && routeKind(r.URL.Path) == "blobs" {
-			select { // no response headers until the test ends
-			case <-hold:
-			case <-r.Context().Done():
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			e, timers := newTimedEnv(t, func(o *Options) { o.MaxFillsPerUpstream = tt.maxFills })
+			// The upstream client's own bound: 8 requests waiting for response headers at once.
+			client, err := upstream.New(upstream.Options{Name: "local", URL: e.up.srv.URL, Transport: e.up.srv.Client().Transport,
+				Now: e.clock.Now, Concurrency: 8, Timeout: time.Hour, FailureThreshold: 1000})
+			if err != nil {
+				t.Fatal(err)
 			}
-			w.WriteHeader(http.StatusServiceUnavailable)
-			return true
-		}
-		return false
-	})
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	for range 12 {
-		e.asyncGet(ctx, "/v2/local/team/starve/blobs/"+randomDigest(t).String())
-	}
-	// Every request is either in a fill or waiting for a fill slot.
-	waitFor(t, "the fills to hang", func() bool {
-		return up.count("GET blobs") >= 4 && int(e.counter(e.m.FillsInFlight))+timers.pending(testFillWait) == 12
-	})
-	r := await(t, "manifest GET", e.asyncGet(context.Background(), "/v2/local/team/starve/manifests/v1"))
-	if r.err != nil {
-		t.Fatal(r.err)
-	}
-	if r.resp.StatusCode != http.StatusOK {
-		t.Fatalf("manifest: %d %.200s", r.resp.StatusCode, r.body)
+			e.opts.Upstreams[0].Fetcher = client
+			if tt.sayConc {
+				e.opts.Upstreams[0].Fetcher = limitedFetcher{client, 8}
+			}
+			e.restart()
+			up := e.up
+			img := randomImage(t, 1)
+			up.push(t, "team/starve:v1", img)
+			hold := make(chan struct{})
+			defer close(hold)
+			up.setFault(func(w http.ResponseWriter, r *http.Request) bool {
+				if r.Method == http.MethodGet && routeKind(r.URL.Path) == "blobs" {
+					select { // no response headers until the test ends
+					case <-hold:
+					case <-r.Context().Done():
+					}
+					w.WriteHeader(http.StatusServiceUnavailable)
+					return true
+				}
+				return false
+			})
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			const clients = 12
+			for range clients {
+				e.asyncGet(ctx, "/v2/local/team/starve/blobs/"+randomDigest(t).String())
+			}
+			// Every request is either in a fill or waiting for a fill slot.
+			waitFor(t, "the fills to hang", func() bool {
+				return up.count("GET blobs") >= tt.wantHanging && int(e.counter(e.m.FillsInFlight))+timers.pending(testFillWait) == clients
+			})
+			r := await(t, "manifest GET", e.asyncGet(context.Background(), "/v2/local/team/starve/manifests/v1"))
+			if r.err != nil {
+				t.Fatal(r.err)
+			}
+			if r.resp.StatusCode != http.StatusOK {
+				t.Fatalf("manifest: %d %.200s", r.resp.StatusCode, r.body)
+			}
+			if n := up.count("GET blobs"); n != tt.wantHanging {
+				t.Errorf("upstream blob GETs = %d, want %d", n, tt.wantHanging)
+			}
+		})
 	}
 }
 

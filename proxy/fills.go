@@ -76,12 +76,29 @@ func (h *Handler) semaphores(up string) (all, perUp, prefetch *semaphore.Weighte
 		fs.prefetch = map[string]*semaphore.Weighted{}
 	}
 	if fs.upstream[up] == nil {
-		fs.upstream[up] = semaphore.NewWeighted(int64(h.opts.MaxFillsPerUpstream))
+		fs.upstream[up] = semaphore.NewWeighted(int64(h.fillsPerUpstream(up)))
 		if h.opts.PrefetchConcurrency > 0 {
 			fs.prefetch[up] = semaphore.NewWeighted(int64(h.opts.PrefetchConcurrency))
 		}
 	}
 	return fs.all, fs.upstream[up], fs.prefetch[up]
+}
+
+// concurrencyLimited is a Fetcher that says how many of its requests may wait for response headers at once.
+type concurrencyLimited interface {
+	Concurrency() int
+}
+
+// fillsPerUpstream is MaxFillsPerUpstream, lowered to half the upstream client's concurrency when the client
+// says it and the option would reach it: fills must never hold every slot of the client, or manifests queue.
+func (h *Handler) fillsPerUpstream(up string) int {
+	n := h.opts.MaxFillsPerUpstream
+	if u := h.upstreams[up]; u != nil {
+		if c, ok := u.Fetcher.(concurrencyLimited); ok && c.Concurrency() > 0 && n >= c.Concurrency() {
+			n = max(1, c.Concurrency()/2)
+		}
+	}
+	return n
 }
 
 // fillSlot waits for a fill slot of req's upstream, as long as ctx allows and at most FillWait. It returns
