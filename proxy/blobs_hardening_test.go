@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
@@ -365,7 +366,7 @@ func TestCachedBlobServeContent(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			resp := e.do(cmpOr(tt.method, http.MethodGet), path, tt.hdr...)
+			resp := e.do(cmp.Or(tt.method, http.MethodGet), path, tt.hdr...)
 			defer resp.Body.Close()
 			body, err := io.ReadAll(resp.Body)
 			if err != nil {
@@ -387,13 +388,6 @@ func TestCachedBlobServeContent(t *testing.T) {
 			}
 		})
 	}
-}
-
-func cmpOr(a, b string) string {
-	if a != "" {
-		return a
-	}
-	return b
 }
 
 // TestFillSlots: fills are bounded per upstream; a request that needs one more waits for a slot and gets a
@@ -604,43 +598,73 @@ func TestManifestsNotStarvedByFills(t *testing.T) {
 }
 
 // TestJoinerRetriesOwnFill: a client that joined a fill started under a repository that lacks the blob (an
-// attacker's) starts its own fill when that one fails with the other repository's 404, and gets the blob.
+// attacker's) starts its own fill when that one fails for the other repository's reasons (its 404 or 403, or
+// a size only its manifest declared), and gets the blob; the attacker never does.
 func TestJoinerRetriesOwnFill(t *testing.T) {
-	e := newEnv(t)
-	blob, d := layerBlob(t, 64<<10)
-	e.up.pushBlob(t, "team/good", blob, d)
-	release := make(chan struct{})
-	e.up.setFault(func(w http.ResponseWriter, r *http.Request) bool {
-		if strings.HasPrefix(r.URL.Path, "/v2/evil/app/blobs/") { // the test registry would serve it anywhere
-			if r.Method == http.MethodGet {
-				<-release
+	tests := []struct {
+		name       string
+		status     int  // what the upstream answers the attacker's repository; 0: the blob
+		declare    bool // the attacker's repository declares another size for the blob
+		wantStatus int
+	}{
+		{name: "404 for the attacker", status: http.StatusNotFound, wantStatus: 404},
+		{name: "403 for the attacker", status: http.StatusForbidden, wantStatus: 403},
+		{name: "size declared by the attacker", declare: true, wantStatus: 502},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			e := newEnv(t)
+			blob, d := layerBlob(t, 64<<10)
+			e.up.pushBlob(t, "team/good", blob, d)
+			release := make(chan struct{})
+			e.up.setFault(func(w http.ResponseWriter, r *http.Request) bool {
+				if !strings.HasPrefix(r.URL.Path, "/v2/evil/app/blobs/") {
+					return false
+				}
+				if r.Method == http.MethodGet {
+					<-release
+				}
+				if tt.status == 0 && r.Method == http.MethodGet {
+					return false
+				}
+				w.WriteHeader(cmp.Or(tt.status, http.StatusNotFound)) // the test registry would serve it anywhere
+				return true
+			})
+			if err := e.cache.Link("local", "team/good", d); err != nil {
+				t.Fatal(err)
 			}
-			w.WriteHeader(http.StatusNotFound)
-			return true
-		}
-		return false
-	})
-	if err := e.cache.Link("local", "team/good", d); err != nil {
-		t.Fatal(err)
-	}
-	evil := e.asyncGet(context.Background(), "/v2/local/evil/app/blobs/"+d.String())
-	waitFor(t, "the attacker's fill", func() bool { return fillClients(e.h, d) == 1 })
-	good := e.asyncGet(context.Background(), "/v2/local/team/good/blobs/"+d.String())
-	waitFor(t, "the victim to join", func() bool { return fillClients(e.h, d) == 2 })
-	close(release)
-	if r := await(t, "attacker", evil); r.err != nil || r.resp.StatusCode != 404 {
-		t.Fatalf("attacker: %v, want a 404", r.err)
-	}
-	r := await(t, "victim", good)
-	if r.err != nil {
-		t.Fatal(r.err)
-	}
-	if r.resp.StatusCode != 200 || !bytes.Equal(r.body, blob) {
-		t.Fatalf("victim: status %d, %d bytes: %.200s", r.resp.StatusCode, len(r.body), r.body)
-	}
-	// The blob is cached now, and still not served to the repository that lacks it.
-	if resp, _ := e.get("/v2/local/evil/app/blobs/" + d.String()); resp.StatusCode != 404 {
-		t.Fatalf("attacker again: %d", resp.StatusCode)
+			if tt.declare {
+				if err := e.cache.LinkDescriptor("local", "evil/app", d, int64(len(blob)+1)); err != nil {
+					t.Fatal(err)
+				}
+			}
+			evil := e.asyncGet(context.Background(), "/v2/local/evil/app/blobs/"+d.String())
+			waitFor(t, "the attacker's fill", func() bool { return fillClients(e.h, d) == 1 })
+			good := e.asyncGet(context.Background(), "/v2/local/team/good/blobs/"+d.String())
+			waitFor(t, "the victim to join", func() bool { return fillClients(e.h, d) == 2 })
+			close(release)
+			r := await(t, "attacker", evil)
+			if r.err != nil {
+				t.Fatal(r.err)
+			}
+			if r.resp.StatusCode != tt.wantStatus {
+				t.Fatalf("attacker: status %d, want %d", r.resp.StatusCode, tt.wantStatus)
+			}
+			r = await(t, "victim", good)
+			if r.err != nil {
+				t.Fatal(r.err)
+			}
+			if r.resp.StatusCode != 200 || !bytes.Equal(r.body, blob) {
+				t.Fatalf("victim: status %d, %d bytes: %.200s", r.resp.StatusCode, len(r.body), r.body)
+			}
+			// The blob is cached now, and still not served to a repository that lacks it.
+			if tt.declare {
+				return // a manifest of the attacker's repository references it: it is served there
+			}
+			if resp, _ := e.get("/v2/local/evil/app/blobs/" + d.String()); resp.StatusCode == 200 {
+				t.Fatalf("attacker again: %d", resp.StatusCode)
+			}
+		})
 	}
 }
 
