@@ -160,6 +160,9 @@ func (x *rangeRefusal) Write(p []byte) (int, error) {
 	return x.recorder.Write(p)
 }
 
+// ReadFrom copies the body ServeContent sends with copyBuffered's large buffers.
+func (x *rangeRefusal) ReadFrom(src io.Reader) (int64, error) { return copyBuffered(x, src) }
+
 // writeBlobHeaders validates the Range header against size (-1: unknown, Range is then ignored) and writes the
 // status and headers. It returns the byte range to send.
 func (h *Handler) writeBlobHeaders(w *recorder, r *http.Request, d v1.Hash, size int64) (start, length int64, err error) {
