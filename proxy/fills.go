@@ -46,6 +46,7 @@ type fills struct {
 // fill is one download. Its state moves once from starting to streaming (ready closed) and once to ended
 // (done closed); clients wait on those channels and read the bytes through the cache writer's readers.
 type fill struct {
+	digest   v1.Hash
 	up, repo string // who started it; another repository must be confirmed before joining
 	declared int64  // the size a manifest of the starting repository declared, -1 when unknown
 	cancel   context.CancelCauseFunc
@@ -192,7 +193,7 @@ func (h *Handler) newFill(req *request, d v1.Hash, release func(), client bool) 
 	if h.fills.m == nil {
 		h.fills.m = map[v1.Hash]*fill{}
 	}
-	f = &fill{up: req.up.Name, repo: req.repo, declared: declared, ready: make(chan struct{}), done: make(chan struct{})}
+	f = &fill{digest: d, up: req.up.Name, repo: req.repo, declared: declared, ready: make(chan struct{}), done: make(chan struct{})}
 	if client {
 		f.waiters = 1
 	}
@@ -241,6 +242,9 @@ func (h *Handler) armGrace(f *fill) {
 	f.stopGrace = h.opts.afterFunc(h.opts.AbandonGrace, func() {
 		h.fills.mu.Lock()
 		expired := f.graceGen == gen && f.waiters == 0 && !f.ended
+		if expired && h.fills.m[f.digest] == f {
+			delete(h.fills.m, f.digest) // a client that comes now starts a new fill rather than join a dying one
+		}
 		h.fills.mu.Unlock()
 		if expired {
 			h.opts.Metrics.FillsAbandoned.Inc()
