@@ -36,6 +36,12 @@ type Metrics struct {
 	// UpstreamInvalidAnswers counts upstream answers with a success status that were not the manifest asked
 	// for (not a manifest, an invalid one, or the wrong bytes), by upstream.
 	UpstreamInvalidAnswers *prometheus.CounterVec
+	// FillsAbandoned counts fills stopped because no client read them for the abandon grace.
+	FillsAbandoned prometheus.Counter
+	// FillsBusy counts requests refused (503) because every fill slot for the upstream stayed taken.
+	FillsBusy *prometheus.CounterVec
+	// Prefetches counts blob fills started ahead of clients for image manifests, by upstream.
+	Prefetches *prometheus.CounterVec
 }
 
 // Usage reports the cache's size; it is read at scrape time.
@@ -98,10 +104,22 @@ func New(reg prometheus.Registerer, usage Usage) *Metrics {
 			Name: "pullgate_upstream_invalid_answers_total",
 			Help: "Upstream answers with a success status that were not the manifest asked for, by upstream.",
 		}, []string{"upstream"}),
+		FillsAbandoned: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "pullgate_fills_abandoned_total",
+			Help: "Blob fills stopped because every client reading them went away.",
+		}),
+		FillsBusy: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "pullgate_fills_busy_total",
+			Help: "Blob requests refused because every fill slot for the upstream stayed taken, by upstream.",
+		}, []string{"upstream"}),
+		Prefetches: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "pullgate_prefetches_total",
+			Help: "Blob fills started ahead of clients for image manifests, by upstream.",
+		}, []string{"upstream"}),
 	}
 	reg.MustRegister(m.Requests, m.RequestDuration, m.BytesServed, m.BytesFetched, m.UpstreamRequests,
 		m.UpstreamLatency, m.UpstreamRateLimitRemaining, m.FillsInFlight, m.DigestMismatches, m.TagMutations,
-		m.PolicyDenials, m.UpstreamInvalidAnswers, m.ConfigReloads)
+		m.PolicyDenials, m.UpstreamInvalidAnswers, m.ConfigReloads, m.FillsAbandoned, m.FillsBusy, m.Prefetches)
 	if usage != nil {
 		reg.MustRegister(
 			prometheus.NewGaugeFunc(prometheus.GaugeOpts{

@@ -1,7 +1,6 @@
 package proxy
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -9,10 +8,12 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
 	"github.com/pullgate/pullgate/cache"
+	"github.com/pullgate/pullgate/upstream"
 )
 
 func (h *Handler) serveBlob(w *recorder, r *http.Request, req *request) error {
@@ -21,7 +22,7 @@ func (h *Handler) serveBlob(w *recorder, r *http.Request, req *request) error {
 		return err
 	}
 	req.digest = d.String()
-	for {
+	for attempt := 1; ; attempt++ {
 		f, obj, err := h.opts.Cache.Content(d)
 		if err == nil {
 			defer f.Close()
@@ -30,12 +31,15 @@ func (h *Handler) serveBlob(w *recorder, r *http.Request, req *request) error {
 			}
 			req.cache = "hit"
 			h.opts.Cache.Touch(d)
-			return h.serveBlobFrom(w, r, d, f, obj.Size, "cache")
+			return h.serveCached(w, r, d, f, obj.Size)
 		}
 		if !errors.Is(err, cache.ErrNotFound) {
 			return err
 		}
 		req.cache = "miss"
+		if err := h.checkBlobMissing(req, d); err != nil {
+			return err
+		}
 		if r.Method == http.MethodHead {
 			return h.headBlobUpstream(w, r, req, d)
 		}
@@ -43,10 +47,48 @@ func (h *Handler) serveBlob(w *recorder, r *http.Request, req *request) error {
 		if err != nil {
 			return err
 		}
-		if fl != nil {
-			return h.serveFromFill(w, r, req, d, fl)
+		if fl == nil {
+			continue // the fill finished between our look-up and startFill: it is in the cache now
 		}
-		// The fill finished between our look-up and startFill: it is in the cache now.
+		err = h.serveFromFill(w, r, req, d, fl)
+		h.leaveFill(fl)
+		if attempt < maxFillAttempts && w.status == 0 && h.retryOwnFill(req, fl, err) {
+			continue
+		}
+		return err
+	}
+}
+
+// maxFillAttempts bounds how often one request starts over after joining fills that failed for reasons of
+// the client that started them.
+const maxFillAttempts = 3
+
+// blobMissingRef is the negative-cache reference of a blob the upstream said a repository does not hold; it
+// cannot collide with a tag or with a manifest digest.
+func blobMissingRef(d v1.Hash) string { return "blobs/" + d.String() }
+
+// checkBlobMissing answers BLOB_UNKNOWN while the upstream's 404 for d in req's repository is remembered,
+// unless a manifest of the repository has referenced d since.
+func (h *Handler) checkBlobMissing(req *request, d v1.Hash) error {
+	c := h.opts.Cache
+	missing, err := c.Missing(req.up.Name, req.repo, blobMissingRef(d))
+	if err != nil || !missing {
+		return err
+	}
+	if linked, err := c.Linked(req.up.Name, req.repo, d); err != nil || linked {
+		return err
+	}
+	return errorf(codeBlobUnknown, "blob %s is unknown to upstream %s in %s (remembered for up to %s)", d, req.up.Name, req.repo, h.opts.NegativeTTL)
+}
+
+// rememberBlobMissing records the upstream's 404 for d in req's repository for NegativeTTL.
+func (h *Handler) rememberBlobMissing(req *request, d v1.Hash, err error) {
+	var se *upstream.StatusError
+	if !errors.As(err, &se) || se.Status != http.StatusNotFound {
+		return
+	}
+	if err := h.opts.Cache.SetMissing(req.up.Name, req.repo, blobMissingRef(d), h.opts.Now().Add(h.opts.NegativeTTL)); err != nil {
+		h.opts.Log.Error("remembering a missing blob", "error", err)
 	}
 }
 
@@ -54,6 +96,7 @@ func (h *Handler) serveBlob(w *recorder, r *http.Request, req *request) error {
 func (h *Handler) headBlobUpstream(w *recorder, r *http.Request, req *request, d v1.Hash) error {
 	resp, err := h.fetch(r.Context(), req, http.MethodHead, kindBlobs, d.String(), nil)
 	if err != nil {
+		h.rememberBlobMissing(req, d, err)
 		return err
 	}
 	resp.Body.Close()
@@ -70,17 +113,55 @@ func (h *Handler) headBlobUpstream(w *recorder, r *http.Request, req *request, d
 	return nil
 }
 
-// serveBlobFrom sends a cached blob, or the one range the client asked for. Headers go out only once the
-// range is known to be satisfiable.
-func (h *Handler) serveBlobFrom(w *recorder, r *http.Request, d v1.Hash, src io.ReaderAt, size int64, source string) error {
-	start, length, err := h.writeBlobHeaders(w, r, d, size)
-	if err != nil || r.Method == http.MethodHead {
-		return err
+// serveCached sends a cached blob with http.ServeContent: ranges (several too), HEAD, and the conditional
+// requests that match the digest ETag (If-None-Match, If-Range). A malformed or unsatisfiable range is a 416
+// with an OCI body and Content-Range: bytes */size.
+func (h *Handler) serveCached(w *recorder, r *http.Request, d v1.Hash, content io.ReadSeeker, size int64) error {
+	hdr := w.Header()
+	hdr.Set("Content-Type", "application/octet-stream")
+	hdr.Set("Docker-Content-Digest", d.String())
+	hdr.Set("Etag", `"`+d.String()+`"`)
+	if rg := r.Header.Get("Range"); rg != "" && !strings.Contains(rg, ",") {
+		// One range is checked here, more strictly than ServeContent does (it serves "bytes=" whole).
+		if _, _, _, err := parseRange(rg, size); err != nil {
+			hdr.Set("Content-Range", fmt.Sprintf("bytes */%d", size))
+			return err
+		}
 	}
-	n, err := copyBuffered(w, io.NewSectionReader(src, start, length))
-	h.opts.Metrics.BytesServed.WithLabelValues(source).Add(float64(n))
-	return err
+	before := w.bytes
+	rw := &rangeRefusal{recorder: w}
+	http.ServeContent(rw, r, "", time.Time{}, content)
+	h.opts.Metrics.BytesServed.WithLabelValues("cache").Add(float64(w.bytes - before))
+	if rw.refused {
+		return errorf(codeRangeInvalid, "Range %q is not satisfiable for a blob of %d bytes", r.Header.Get("Range"), size)
+	}
+	return nil
 }
+
+// rangeRefusal passes a response through, except ServeContent's plain-text 416, which it swallows so that
+// the caller can answer with an OCI error instead.
+type rangeRefusal struct {
+	*recorder
+	refused bool
+}
+
+func (x *rangeRefusal) WriteHeader(code int) {
+	if code == http.StatusRequestedRangeNotSatisfiable {
+		x.refused = true
+		return
+	}
+	x.recorder.WriteHeader(code)
+}
+
+func (x *rangeRefusal) Write(p []byte) (int, error) {
+	if x.refused {
+		return len(p), nil
+	}
+	return x.recorder.Write(p)
+}
+
+// ReadFrom copies the body ServeContent sends with copyBuffered's large buffers.
+func (x *rangeRefusal) ReadFrom(src io.Reader) (int64, error) { return copyBuffered(x, src) }
 
 // writeBlobHeaders validates the Range header against size (-1: unknown, Range is then ignored) and writes the
 // status and headers. It returns the byte range to send.
@@ -172,136 +253,6 @@ func copyBuffered(dst io.Writer, src io.Reader) (int64, error) {
 	bp := copyBuffers.Get().(*[]byte)
 	defer copyBuffers.Put(bp)
 	return io.CopyBuffer(struct{ io.Writer }{dst}, src, *bp)
-}
-
-// fills tracks the blob fills in progress, one per digest (DESIGN invariant 3).
-type fills struct {
-	mu sync.Mutex
-	m  map[v1.Hash]*fill
-}
-
-// fill is one upstream download of a blob into the cache, which any number of clients stream from.
-type fill struct {
-	up, repo string        // who started it; another repository must be confirmed before joining
-	ready    chan struct{} // closed once the upstream answered (w and size are set) or failed (err is set)
-	w        *cache.Writer
-	size     int64
-	err      error
-}
-
-// startFill returns the fill of d in progress, or starts one. It returns nil when d is in the cache by now.
-func (h *Handler) startFill(ctx context.Context, req *request, d v1.Hash) (*fill, error) {
-	h.fills.mu.Lock()
-	defer h.fills.mu.Unlock()
-	if f := h.fills.m[d]; f != nil {
-		return f, nil
-	}
-	if _, err := h.opts.Cache.Stat(d); err == nil {
-		return nil, nil
-	} else if !errors.Is(err, cache.ErrNotFound) {
-		return nil, err
-	}
-	if h.fills.m == nil {
-		h.fills.m = map[v1.Hash]*fill{}
-	}
-	f := &fill{up: req.up.Name, repo: req.repo, ready: make(chan struct{})}
-	h.fills.m[d] = f
-	fctx, done := h.detached(ctx)
-	go func() {
-		defer done()
-		h.runFill(fctx, &request{up: req.up, repo: req.repo}, d, f)
-		h.fills.mu.Lock()
-		delete(h.fills.m, d)
-		h.fills.mu.Unlock()
-	}()
-	return f, nil
-}
-
-// runFill downloads d into the cache. It runs on its own context: clients that leave do not stop it.
-func (h *Handler) runFill(ctx context.Context, req *request, d v1.Hash, f *fill) {
-	m := h.opts.Metrics
-	m.FillsInFlight.Inc()
-	defer m.FillsInFlight.Dec()
-	resp, err := h.fetch(ctx, req, http.MethodGet, kindBlobs, d.String(), nil)
-	if err == nil && resp.StatusCode != http.StatusOK {
-		resp.Body.Close()
-		err = &apiError{code: codeUnknown, status: http.StatusBadGateway, message: fmt.Sprintf("upstream %s answered a blob GET with %s", req.up.Name, resp.Status)}
-	}
-	if err == nil {
-		f.size = resp.ContentLength
-		f.w, err = h.opts.Cache.NewWriter(d, "", resp.ContentLength)
-		if err != nil {
-			resp.Body.Close()
-		}
-	}
-	if err != nil {
-		f.err = err
-		close(f.ready)
-		return
-	}
-	defer resp.Body.Close()
-	close(f.ready)
-	if err := h.opts.Cache.Link(req.up.Name, req.repo, d); err != nil {
-		h.opts.Log.Error("linking a blob", "digest", d.String(), "error", err)
-	}
-	n, err := copyBuffered(f.w, resp.Body)
-	m.BytesFetched.WithLabelValues(req.up.Name).Add(float64(n))
-	if err != nil {
-		err = fmt.Errorf("reading blob %s from upstream %s after %d bytes: %w", d, req.up.Name, n, err)
-		f.w.Abort(err)
-		h.opts.Log.Warn("fill failed", "upstream", req.up.Name, "repository", req.repo, "digest", d.String(), "error", err)
-		return
-	}
-	if _, err := f.w.Commit(); err != nil {
-		var dm *cache.DigestMismatchError
-		var sm *cache.SizeMismatchError
-		if errors.As(err, &dm) || errors.As(err, &sm) {
-			m.DigestMismatches.WithLabelValues(req.up.Name).Inc()
-		}
-		h.opts.Log.Warn("fill refused", "upstream", req.up.Name, "repository", req.repo, "digest", d.String(), "error", err)
-	}
-}
-
-// serveFromFill streams a blob to one client while the fill writes it.
-func (h *Handler) serveFromFill(w *recorder, r *http.Request, req *request, d v1.Hash, f *fill) error {
-	ctx := r.Context()
-	if f.up != req.up.Name || f.repo != req.repo {
-		if err := h.confirmLink(ctx, req, kindBlobs, d); err != nil {
-			return err
-		}
-	}
-	select {
-	case <-f.ready:
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-	if f.err != nil {
-		return f.err
-	}
-	rd := f.w.NewReader(ctx)
-	defer rd.Close()
-	start, length, err := h.writeBlobHeaders(w, r, d, f.size)
-	if err != nil {
-		return err
-	}
-	if start > 0 {
-		if _, err := io.CopyN(io.Discard, rd, start); err != nil {
-			return err
-		}
-	}
-	src := io.Reader(rd)
-	if length >= 0 {
-		src = io.LimitReader(rd, length)
-	}
-	// Bytes go out as they arrive: headers now, and each chunk when written, not when a buffer fills.
-	fw := flushWriter{w: w, rc: http.NewResponseController(w)}
-	_ = fw.rc.Flush()
-	n, err := copyBuffered(fw, src)
-	h.opts.Metrics.BytesServed.WithLabelValues("upstream").Add(float64(n))
-	if err == nil && length >= 0 && n < length {
-		err = fmt.Errorf("blob %s ended after %d of %d bytes", d, n, length)
-	}
-	return err
 }
 
 // flushWriter flushes the response after every write, for streams whose source is slower than the client.

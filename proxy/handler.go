@@ -72,6 +72,27 @@ type Options struct {
 	// Authorizer decides which identity may pull which repository; nil means every identity may pull everything
 	// the Policy allows.
 	Authorizer Authorizer
+	// MaxFills bounds the blob fills running at once, all upstreams together. Zero means 64.
+	MaxFills int
+	// MaxFillsPerUpstream bounds the blob fills running at once from one upstream. Keep it below the upstream
+	// client's Concurrency (32 by default), so that fills waiting for response headers never hold every slot
+	// of it and manifest requests still get through. Zero means 16.
+	MaxFillsPerUpstream int
+	// FillWait is how long a request that needs a new fill waits for a free fill slot (as long as the client
+	// waits, at most this) before it is answered 503 UNAVAILABLE with Retry-After. Zero means 30 seconds.
+	FillWait time.Duration
+	// AbandonGrace is how long a fill keeps running once every client reading it went away; a client that
+	// asks for the blob within the grace keeps it alive. A prefetched fill gets the grace from its start.
+	// Zero means 30 seconds.
+	AbandonGrace time.Duration
+	// RangeWait is how long a Range request that does not reach the blob's end waits for a running fill to be
+	// verified (its bytes are never sent unverified) before it is answered 503 UNAVAILABLE with Retry-After.
+	// Zero means 30 seconds.
+	RangeWait time.Duration
+	// PrefetchConcurrency is how many blobs of image manifests fetched from one upstream are prefetched at
+	// once (config and layers, before a client asks); blobs beyond it are left for clients to fill. Zero means
+	// 4; a negative value disables prefetching.
+	PrefetchConcurrency int
 	// Policy decides which repositories may be pulled and which tags are immutable. Zero allows everything.
 	Policy Policy
 	// Metrics receives the counters; nil means a private, unexported set.
@@ -80,6 +101,10 @@ type Options struct {
 	Log *slog.Logger
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
+
+	// afterFunc runs f after d unless the returned stop is called first; nil means time.AfterFunc. Tests
+	// replace it to fire grace and wait timers by hand.
+	afterFunc func(d time.Duration, f func()) (stop func() bool)
 }
 
 func (o Options) withDefaults() Options {
@@ -100,6 +125,27 @@ func (o Options) withDefaults() Options {
 	}
 	if o.MaxManifestSize == 0 {
 		o.MaxManifestSize = 4 << 20
+	}
+	if o.MaxFills <= 0 {
+		o.MaxFills = 64
+	}
+	if o.MaxFillsPerUpstream <= 0 {
+		o.MaxFillsPerUpstream = 16
+	}
+	if o.FillWait <= 0 {
+		o.FillWait = 30 * time.Second
+	}
+	if o.AbandonGrace <= 0 {
+		o.AbandonGrace = 30 * time.Second
+	}
+	if o.RangeWait <= 0 {
+		o.RangeWait = 30 * time.Second
+	}
+	if o.PrefetchConcurrency == 0 {
+		o.PrefetchConcurrency = 4
+	}
+	if o.afterFunc == nil {
+		o.afterFunc = func(d time.Duration, f func()) func() bool { return time.AfterFunc(d, f).Stop }
 	}
 	if o.Metrics == nil {
 		o.Metrics = metrics.New(prometheus.NewRegistry(), nil)

@@ -88,6 +88,8 @@ type linkedDigest struct {
 type parsedManifest struct {
 	mediaType string
 	refs      []linkedDigest // deduplicated, in document order
+	// blobs is how many of refs are an image manifest's config and layers: what a client pulling it fetches next.
+	blobs int
 }
 
 // parseManifest checks that body is a manifest of a known type whose fields agree with that type, and returns
@@ -152,11 +154,16 @@ func parseManifest(body []byte) (parsedManifest, error) {
 			}
 		}
 	}
-	if mf.Subject != nil {
-		descs = append(descs, *mf.Subject)
-	}
 	for _, d := range descs {
 		if err := add(d.Digest, d.Size); err != nil {
+			return parsedManifest{}, err
+		}
+	}
+	if shapeOf(mt) == shapeImage {
+		p.blobs = len(p.refs)
+	}
+	if mf.Subject != nil {
+		if err := add(mf.Subject.Digest, mf.Subject.Size); err != nil {
 			return parsedManifest{}, err
 		}
 	}

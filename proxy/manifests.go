@@ -311,6 +311,7 @@ func (h *Handler) downloadManifest(ctx context.Context, req *request, ref string
 		return manifest{}, err
 	}
 	if isDigest(ref) {
+		h.prefetch(req, p.refs[:p.blobs])
 		return m, nil
 	}
 	e := cache.TagEntry{Digest: m.digest, MediaType: m.mediaType, Size: int64(len(body)), Fetched: h.opts.Now()}
@@ -319,6 +320,7 @@ func (h *Handler) downloadManifest(ctx context.Context, req *request, ref string
 		return manifest{}, err
 	}
 	if kept.Digest == m.digest {
+		h.prefetch(req, p.refs[:p.blobs])
 		return m, nil
 	}
 	// An immutable tag: the index still points at the pinned digest, which is what every client gets.
