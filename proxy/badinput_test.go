@@ -21,7 +21,7 @@ import (
 	"time"
 )
 
-// badInputCase is one request to pullgate that must be refused with a clear OCI error (DESIGN invariant 7).
+// badInputCase is one request to pullgate that must be refused with a clear OCI error (invariant 7 of docs/design.md).
 type badInputCase struct {
 	name   string
 	method string   // "" means GET
@@ -37,7 +37,7 @@ type badInputCase struct {
 	bug   string                                               // a known bug: the row is skipped with this text
 }
 
-// TestBadInput is DESIGN invariant 7: invalid names, tags, digests, ranges, paths and upstream answers get a
+// TestBadInput is invariant 7 of docs/design.md: invalid names, tags, digests, ranges, paths and upstream answers get a
 // 4xx (or, when the upstream is at fault, a 5xx other than 500) with an OCI error body and a pull log line;
 // nothing panics, an error stores nothing, and nothing unverified is ever on disk.
 func TestBadInput(t *testing.T) {

@@ -329,7 +329,7 @@ func FuzzPolicyGlob(f *testing.F) {
 
 // FuzzServeHTTP sends whole requests to the handler, with an upstream that cannot be reached and one cached,
 // linked blob: whatever the method, target and Range, the answer is never a 500 nor a panic, and every error
-// has an OCI body (DESIGN invariant 7).
+// has an OCI body (invariant 7 of docs/design.md).
 func FuzzServeHTTP(f *testing.F) {
 	blob := []byte("pullgate fuzz blob: twenty-six bytes and more")
 	sum := sha256.Sum256(blob)

@@ -91,7 +91,7 @@ func mustRef(t *testing.T, s string) name.Reference {
 	return r
 }
 
-// TestConcurrentColdBlobOneUpstreamGet is DESIGN invariant 3: 20 clients, one upstream GET, 20 correct bodies.
+// TestConcurrentColdBlobOneUpstreamGet is invariant 3 of docs/design.md: 20 clients, one upstream GET, 20 correct bodies.
 func TestConcurrentColdBlobOneUpstreamGet(t *testing.T) {
 	e := newEnv(t)
 	blob, d := layerBlob(t, 3<<20)
@@ -200,7 +200,7 @@ func TestFillStreamsBeforeComplete(t *testing.T) {
 	}
 }
 
-// TestUnverifiedBytesNeverKept is DESIGN invariant 1: wrong or truncated bytes from the upstream are an error
+// TestUnverifiedBytesNeverKept is invariant 1 of docs/design.md: wrong or truncated bytes from the upstream are an error
 // to the client, a metric, and nothing on disk.
 func TestUnverifiedBytesNeverKept(t *testing.T) {
 	tests := []struct {
@@ -299,7 +299,7 @@ func TestManifestDigestMismatch(t *testing.T) {
 	}
 }
 
-// TestTagFreshness is DESIGN invariant 5: a tag is served from the index within the TTL, revalidated with one
+// TestTagFreshness is invariant 5 of docs/design.md: a tag is served from the index within the TTL, revalidated with one
 // HEAD after it, and followed when the upstream re-points it; digests are never revalidated.
 func TestTagFreshness(t *testing.T) {
 	e := newEnv(t)
@@ -341,7 +341,7 @@ func TestTagFreshness(t *testing.T) {
 	}
 }
 
-// TestServeStale is DESIGN invariant 4: when the upstream fails, cached tags are served, and uncached content
+// TestServeStale is invariant 4 of docs/design.md: when the upstream fails, cached tags are served, and uncached content
 // gets a clear error.
 func TestServeStale(t *testing.T) {
 	tests := []struct {
@@ -390,7 +390,7 @@ func TestServeStale(t *testing.T) {
 	}
 }
 
-// TestRestartServesFromCache is DESIGN invariant 2's visible half: after a restart with the upstream gone,
+// TestRestartServesFromCache is invariant 2 of docs/design.md's visible half: after a restart with the upstream gone,
 // everything pulled before is still served.
 func TestRestartServesFromCache(t *testing.T) {
 	e := newEnv(t)
@@ -421,7 +421,7 @@ func TestRestartServesFromCache(t *testing.T) {
 	}
 }
 
-// TestNoCrossRepositoryLeak is DESIGN invariant 6: a blob cached for repository A is served under B only after
+// TestNoCrossRepositoryLeak is invariant 6 of docs/design.md: a blob cached for repository A is served under B only after
 // the upstream confirms B has it.
 func TestNoCrossRepositoryLeak(t *testing.T) {
 	e := newEnv(t)

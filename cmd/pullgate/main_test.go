@@ -157,7 +157,7 @@ func startServe(t *testing.T, dataDir string) (addr string, logs *logWatcher, st
 	return logs.find("pullgate serving")["addr"].(string), logs, stop
 }
 
-// TestTLSOnly is DESIGN invariant 8: without a configured certificate, pullgate makes a local CA, serves the
+// TestTLSOnly is invariant 8 of docs/design.md: without a configured certificate, pullgate makes a local CA, serves the
 // API over TLS only, and reuses the CA across restarts.
 func TestTLSOnly(t *testing.T) {
 	dir := t.TempDir()
