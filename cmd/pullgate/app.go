@@ -75,16 +75,22 @@ func newApp(cfg config, specs []upstreamSpec, log *slog.Logger) (*app, error) {
 		return nil, fmt.Errorf("opening the cache in %s: %w", cfg.DataDir, err)
 	}
 	a.handler, err = proxy.New(proxy.Options{
-		Cache:        a.cache,
-		Upstreams:    ups,
-		Default:      cfg.DefaultUpstream,
-		TagTTL:       cfg.TagTTL,
-		NegativeTTL:  cfg.NegativeTTL,
-		FillTimeout:  cfg.FillTimeout,
-		WriteTimeout: cfg.WriteTimeout,
-		Policy:       policy,
-		Metrics:      a.metrics,
-		Log:          log,
+		Cache:               a.cache,
+		Upstreams:           ups,
+		Default:             cfg.DefaultUpstream,
+		TagTTL:              cfg.TagTTL,
+		NegativeTTL:         cfg.NegativeTTL,
+		FillTimeout:         cfg.FillTimeout,
+		WriteTimeout:        cfg.WriteTimeout,
+		MaxFills:            cfg.MaxFills,
+		MaxFillsPerUpstream: cfg.MaxFillsPerUpstream,
+		FillWait:            cfg.FillWait,
+		AbandonGrace:        cfg.AbandonGrace,
+		RangeWait:           cfg.RangeWait,
+		PrefetchConcurrency: prefetchOption(cfg.Prefetch),
+		Policy:              policy,
+		Metrics:             a.metrics,
+		Log:                 log,
 	})
 	if err != nil {
 		a.close()
@@ -169,4 +175,12 @@ func (a *app) close() {
 	if err := a.cache.Close(); err != nil {
 		a.log.Error("closing the cache", "error", err)
 	}
+}
+
+// prefetchOption maps PULLGATE_PREFETCH (0: off) to proxy.Options.PrefetchConcurrency (negative: off).
+func prefetchOption(n int) int {
+	if n == 0 {
+		return -1
+	}
+	return n
 }

@@ -34,6 +34,12 @@ type config struct {
 	MaxConns                 int           `env:"MAX_CONNS" envDefault:"1024"`
 	IdleTimeout              time.Duration `env:"IDLE_TIMEOUT" envDefault:"30s"`
 	WriteTimeout             time.Duration `env:"WRITE_TIMEOUT" envDefault:"1m"`
+	MaxFills                 int           `env:"MAX_FILLS" envDefault:"64"`
+	MaxFillsPerUpstream      int           `env:"MAX_FILLS_PER_UPSTREAM" envDefault:"16"`
+	FillWait                 time.Duration `env:"FILL_WAIT" envDefault:"30s"`
+	AbandonGrace             time.Duration `env:"ABANDON_GRACE" envDefault:"30s"`
+	RangeWait                time.Duration `env:"RANGE_WAIT" envDefault:"30s"`
+	Prefetch                 int           `env:"PREFETCH" envDefault:"4"`
 	Offline                  string        `env:"OFFLINE" envDefault:"false"`
 	TagTTL                   time.Duration `env:"TAG_TTL" envDefault:"5m"`
 	NegativeTTL              time.Duration `env:"NEGATIVE_TTL" envDefault:"30s"`
@@ -102,17 +108,27 @@ func loadConfig(environ map[string]string) (config, []upstreamSpec, error) {
 	if (c.TLSCert == "") != (c.TLSKey == "") {
 		return c, nil, badVar("TLS_CERT", "PULLGATE_TLS_CERT and PULLGATE_TLS_KEY go together: set both or neither")
 	}
-	for name, n := range map[string]int{"UPSTREAM_CONCURRENCY": c.UpstreamConcurrency, "UPSTREAM_FAILURE_THRESHOLD": c.UpstreamFailureThreshold, "MAX_CONNS": c.MaxConns} {
+	for name, n := range map[string]int{"UPSTREAM_CONCURRENCY": c.UpstreamConcurrency, "UPSTREAM_FAILURE_THRESHOLD": c.UpstreamFailureThreshold, "MAX_CONNS": c.MaxConns,
+		"MAX_FILLS": c.MaxFills, "MAX_FILLS_PER_UPSTREAM": c.MaxFillsPerUpstream} {
 		if n < 1 {
 			return c, nil, badVar(name, "must be at least 1, got %d", n)
 		}
 	}
 	for name, d := range map[string]time.Duration{"TAG_TTL": c.TagTTL, "NEGATIVE_TTL": c.NegativeTTL, "UPSTREAM_TIMEOUT": c.UpstreamTimeout,
 		"SHUTDOWN_TIMEOUT": c.ShutdownTimeout, "UPSTREAM_COOLDOWN": c.UpstreamCoolDown, "FILL_TIMEOUT": c.FillTimeout,
-		"IDLE_TIMEOUT": c.IdleTimeout, "WRITE_TIMEOUT": c.WriteTimeout} {
+		"IDLE_TIMEOUT": c.IdleTimeout, "WRITE_TIMEOUT": c.WriteTimeout, "FILL_WAIT": c.FillWait, "ABANDON_GRACE": c.AbandonGrace,
+		"RANGE_WAIT": c.RangeWait} {
 		if d <= 0 {
 			return c, nil, badVar(name, "must be a positive duration such as 30s or 5m, got %s", d)
 		}
+	}
+	if c.MaxFillsPerUpstream >= c.UpstreamConcurrency {
+		// Fills wait for response headers inside the upstream's concurrency limit: if they could take all of it,
+		// manifest requests would queue behind them.
+		return c, nil, badVar("MAX_FILLS_PER_UPSTREAM", "must be below PULLGATE_UPSTREAM_CONCURRENCY (%d), so that fills never hold every upstream slot; got %d", c.UpstreamConcurrency, c.MaxFillsPerUpstream)
+	}
+	if c.Prefetch < 0 {
+		return c, nil, badVar("PREFETCH", "must be 0 (off) or more, got %d", c.Prefetch)
 	}
 	specs, err := parseUpstreams(c.Upstreams)
 	if err != nil {

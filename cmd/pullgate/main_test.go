@@ -46,6 +46,9 @@ func TestConfigErrorsNameTheVariable(t *testing.T) {
 		{"max conns zero", map[string]string{"PULLGATE_MAX_CONNS": "0"}, "PULLGATE_MAX_CONNS"},
 		{"idle timeout negative", map[string]string{"PULLGATE_IDLE_TIMEOUT": "-1s"}, "PULLGATE_IDLE_TIMEOUT"},
 		{"write timeout zero", map[string]string{"PULLGATE_WRITE_TIMEOUT": "0s"}, "PULLGATE_WRITE_TIMEOUT"},
+		{"fills per upstream at the upstream limit", map[string]string{"PULLGATE_UPSTREAM_CONCURRENCY": "8", "PULLGATE_MAX_FILLS_PER_UPSTREAM": "8"}, "PULLGATE_MAX_FILLS_PER_UPSTREAM"},
+		{"negative prefetch", map[string]string{"PULLGATE_PREFETCH": "-1"}, "PULLGATE_PREFETCH"},
+		{"range wait zero", map[string]string{"PULLGATE_RANGE_WAIT": "0s"}, "PULLGATE_RANGE_WAIT"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
