@@ -47,6 +47,10 @@ type Options struct {
 	// CoolDown is how long an open circuit fails fast before one probe request is let through. Zero
 	// means 30s.
 	CoolDown time.Duration
+	// MaxTokens is the most bearer tokens cached at once (one per repository pulled through this
+	// upstream while its token is valid); when full, the token that expires soonest is dropped.
+	// Zero means 4096.
+	MaxTokens int
 	// Now is the clock for token expiry, Retry-After and the circuit breaker. Nil means time.Now.
 	// Event durations are measured with the real monotonic clock.
 	Now func() time.Time
@@ -98,6 +102,9 @@ func (o Options) withDefaults() Options {
 	if o.CoolDown <= 0 {
 		o.CoolDown = defaultCoolDown
 	}
+	if o.MaxTokens <= 0 {
+		o.MaxTokens = defaultMaxTokens
+	}
 	if o.Now == nil {
 		o.Now = time.Now
 	}
@@ -117,13 +124,13 @@ type Client struct {
 	http *http.Client
 	sem  *semaphore.Weighted
 
-	flight singleflight.Group // "ping" and "token <scope>" requests
+	flight singleflight.Group // "ping" and "token <realm> <service> <scope>" requests
 
 	mu          sync.Mutex
-	chal        *challenge       // nil until learned
-	tokens      map[string]token // by scope
-	limited     *StatusError     // the last 429, while limitedTill is in the future
-	limitedTill time.Time        // no request before this time
+	chal        *challenge         // nil until learned
+	tokens      map[tokenKey]token // at most opts.MaxTokens
+	limited     *StatusError       // the last 429, while limitedTill is in the future
+	limitedTill time.Time          // no request before this time
 	breaker     breaker
 }
 
@@ -154,7 +161,7 @@ func New(opts Options) (*Client, error) {
 		opts:   opts,
 		base:   u,
 		sem:    semaphore.NewWeighted(int64(opts.Concurrency)),
-		tokens: map[string]token{},
+		tokens: map[tokenKey]token{},
 	}
 	c.breaker = breaker{threshold: opts.FailureThreshold, coolDown: opts.CoolDown}
 	c.http = &http.Client{
@@ -219,12 +226,15 @@ func (c *Client) Fetch(ctx context.Context, r Request) (*http.Response, error) {
 		if resp.StatusCode >= 200 && resp.StatusCode < 300 {
 			return resp, nil
 		}
-		if resp.StatusCode == http.StatusUnauthorized && attempt == 0 {
+		if resp.StatusCode == http.StatusUnauthorized && attempt == 0 && c.ownHost(resp) {
+			// Only the upstream's own host may change how pullgate authenticates: a 401 from a
+			// redirect target (a CDN) is an error for this request, never a reason to send the
+			// upstream's credentials to a realm that the target names.
 			next := parseChallenges(resp.Header.Values("WWW-Authenticate"))
 			retry := false
 			if a.cachedToken {
 				// The token was revoked or expired early: get a fresh one, once.
-				c.dropToken(a.scope, a.token)
+				c.dropToken(a.key, a.token)
 				retry = true
 			}
 			if next.scheme != schemeNone && !next.equal(ch) {
@@ -287,6 +297,12 @@ func (c *Client) requestURL(r Request) (method, kind, u string, err error) {
 	v.Path = path
 	v.RawQuery = r.Query.Encode()
 	return method, kind, v.String(), nil
+}
+
+// ownHost reports whether resp came from the upstream's own host:port (after any redirects), the only
+// host whose authentication challenges are believed.
+func (c *Client) ownHost(resp *http.Response) bool {
+	return resp.Request != nil && resp.Request.URL != nil && strings.EqualFold(resp.Request.URL.Host, c.base.Host)
 }
 
 // endpoint returns the URL of path under the base URL.
@@ -414,7 +430,8 @@ func (b *cancelBody) Close() error {
 
 // checkRedirect follows up to maxRedirects https redirects and drops Authorization whenever the target
 // is not the host:port that the request was first sent to (the Go client keeps it for same-domain
-// redirects on other ports and for subdomains). Other headers, Range included, are kept.
+// redirects on other ports and for subdomains). Other headers, Range included, are kept. A request
+// with a body (a POST to a token service) is never redirected to another host.
 func checkRedirect(req *http.Request, via []*http.Request) error {
 	if len(via) >= maxRedirects {
 		return fmt.Errorf("stopped after %d redirects", maxRedirects)
@@ -423,6 +440,11 @@ func checkRedirect(req *http.Request, via []*http.Request) error {
 		return fmt.Errorf("refusing redirect to non-https URL %s", redactURL(req.URL))
 	}
 	if !strings.EqualFold(req.URL.Host, via[0].URL.Host) {
+		if req.Method != http.MethodGet && req.Method != http.MethodHead {
+			// A 307/308 would resend the body (an identity token's refresh-token grant) to
+			// another host.
+			return fmt.Errorf("refusing to resend a %s request to another host %s", req.Method, req.URL.Host)
+		}
 		req.Header.Del("Authorization")
 	}
 	return nil

@@ -1,0 +1,272 @@
+package upstream
+
+import (
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+
+	"github.com/google/go-containerregistry/pkg/authn"
+)
+
+// recorder counts the requests a handler gets and keeps the Authorization headers they carried.
+type recorder struct {
+	mu    sync.Mutex
+	auths []string // Authorization of each request, "" when none
+	paths []string
+}
+
+func (r *recorder) wrap(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		r.mu.Lock()
+		r.auths = append(r.auths, req.Header.Get("Authorization"))
+		r.paths = append(r.paths, req.URL.Path)
+		r.mu.Unlock()
+		h.ServeHTTP(w, req)
+	})
+}
+
+// count returns how many requests had path, and the Authorization values among them that were not
+// empty.
+func (r *recorder) count(path string) (n int, auths []string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for i, p := range r.paths {
+		if p == path {
+			n++
+			if r.auths[i] != "" {
+				auths = append(auths, r.auths[i])
+			}
+		}
+	}
+	return n, auths
+}
+
+func (r *recorder) anyAuth() []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var out []string
+	for _, a := range r.auths {
+		if a != "" {
+			out = append(out, a)
+		}
+	}
+	return out
+}
+
+// TestRedirectTargetChallengeIgnored: the registry redirects blob GETs to a "CDN" that answers 401
+// with a Bearer challenge naming a realm on the CDN. The upstream's credentials must never reach that
+// realm, its answer must not become the upstream's challenge, and the 401 is an error for that one
+// request.
+func TestRedirectTargetChallengeIgnored(t *testing.T) {
+	tests := []struct {
+		name string
+		// front wraps the registry with the upstream's own authentication; nil means anonymous.
+		front func(t *testing.T) func(http.Handler) http.Handler
+	}{
+		{name: "anonymous upstream"},
+		{name: "basic upstream", front: func(t *testing.T) func(http.Handler) http.Handler {
+			pass := &atomic.Value{}
+			pass.Store("s3cret-pw")
+			return basicAuthWrap("alice", pass)
+		}},
+		{name: "bearer upstream", front: func(t *testing.T) func(http.Handler) http.Handler {
+			ts := &tokenService{user: "alice", pass: "s3cret-pw", expiresIn: 300}
+			return func(h http.Handler) http.Handler {
+				return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+					ts.base = "https://" + r.Host // the registry's own host
+					ts.wrap(h).ServeHTTP(w, r)
+				})
+			}
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cdnRec := &recorder{}
+			var cdn *httptest.Server
+			cdn = startTLS(t, cdnRec.wrap(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				if r.URL.Path == "/token" {
+					w.Header().Set("Content-Type", "application/json")
+					io.WriteString(w, `{"token":"cdn-token","expires_in":300}`)
+					return
+				}
+				w.Header().Set("WWW-Authenticate", fmt.Sprintf(`Bearer realm="%s/token",service="cdn"`, cdn.URL))
+				ociError(w, http.StatusUnauthorized, "UNAUTHORIZED", "cdn wants a token")
+			})))
+			upRec := &recorder{}
+			u := newUpstream(t, func(reg http.Handler) http.Handler {
+				h := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+					if strings.Contains(r.URL.Path, "/blobs/") {
+						http.Redirect(w, r, cdn.URL+r.URL.Path, http.StatusTemporaryRedirect)
+						return
+					}
+					reg.ServeHTTP(w, r)
+				}))
+				if tt.front != nil {
+					h = tt.front(t)(h)
+				}
+				return upRec.wrap(h)
+			})
+			other := pushImage(t, u.push, "other/app", "v2")
+			c := newTestClient(t, u.srv, Options{Keychain: staticKeychain{"alice", "s3cret-pw"}})
+
+			if _, _, err := fetchBody(t, c, manifestReq(u.img)); err != nil {
+				t.Fatalf("manifest before: %v", err)
+			}
+			_, _, err := fetchBody(t, c, Request{Repo: u.img.repo, Kind: "blobs", Ref: u.img.layer.String()})
+			checkAuthResult(t, err, http.StatusUnauthorized)
+			checkNoSecret(t, err, "alice", "s3cret-pw")
+			for _, r := range []Request{manifestReq(u.img), manifestReq(other)} {
+				if _, _, err := fetchBody(t, c, r); err != nil {
+					t.Fatalf("manifest %s after the CDN's 401: %v", r.Repo, err)
+				}
+			}
+			if n, auths := cdnRec.count("/token"); n != 0 || len(auths) != 0 {
+				t.Errorf("CDN realm got %d token requests (Authorization %q), want none", n, auths)
+			}
+			if auths := cdnRec.anyAuth(); len(auths) != 0 {
+				t.Errorf("CDN received Authorization %q", auths)
+			}
+			for _, a := range upRec.anyAuth() {
+				if strings.Contains(a, "cdn-token") {
+					t.Errorf("the upstream received the CDN realm's token: %q", a)
+				}
+			}
+			c.mu.Lock()
+			realm := ""
+			if c.chal != nil {
+				realm = c.chal.realm
+			}
+			c.mu.Unlock()
+			if strings.HasPrefix(realm, cdn.URL) {
+				t.Errorf("the upstream's challenge names the CDN's realm %q", realm)
+			}
+		})
+	}
+}
+
+// TestPingRedirectChallengeIgnored: /v2/ redirected to another host that asks for Basic credentials
+// does not make the Client send the upstream's credentials anywhere.
+func TestPingRedirectChallengeIgnored(t *testing.T) {
+	otherRec := &recorder{}
+	other := startTLS(t, otherRec.wrap(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("WWW-Authenticate", `Basic realm="elsewhere"`)
+		ociError(w, http.StatusUnauthorized, "UNAUTHORIZED", "elsewhere")
+	})))
+	upRec := &recorder{}
+	u := newUpstream(t, func(reg http.Handler) http.Handler {
+		return upRec.wrap(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.URL.Path == "/v2/" {
+				http.Redirect(w, r, other.URL+"/v2/", http.StatusFound)
+				return
+			}
+			reg.ServeHTTP(w, r)
+		}))
+	})
+	c := newTestClient(t, u.srv, Options{Keychain: staticKeychain{"alice", "s3cret-pw"}})
+	if _, _, err := fetchBody(t, c, manifestReq(u.img)); err != nil {
+		t.Fatal(err)
+	}
+	if auths := upRec.anyAuth(); len(auths) != 0 {
+		t.Errorf("the upstream received Authorization %q though it never asked", auths)
+	}
+	if auths := otherRec.anyAuth(); len(auths) != 0 {
+		t.Errorf("the redirect target received Authorization %q", auths)
+	}
+}
+
+// startTokenServer serves ts on a host of its own (as Docker Hub's auth.docker.io is), recorded.
+func startTokenServer(t *testing.T, ts *tokenService) (*httptest.Server, *recorder) {
+	t.Helper()
+	rec := &recorder{}
+	srv := startTLS(t, rec.wrap(http.HandlerFunc(ts.serveToken)))
+	ts.base = srv.URL
+	return srv, rec
+}
+
+// TestRealmOnAnotherHost: a realm on another host that the upstream itself names gets the upstream's
+// credentials (Docker Hub: registry-1.docker.io names auth.docker.io), and its tokens serve only the
+// Client that asked for them.
+func TestRealmOnAnotherHost(t *testing.T) {
+	ts := &tokenService{user: "bob", pass: "hunter2-pw", expiresIn: 300}
+	u1 := newUpstream(t, ts.wrap)
+	u2 := newUpstream(t, ts.wrap)
+	_, rec := startTokenServer(t, ts) // after newUpstream: the realm is the token server
+	kc := staticKeychain{"bob", "hunter2-pw"}
+	c1 := newTestClient(t, u1.srv, Options{Name: "one", Keychain: kc})
+	c2 := newTestClient(t, u2.srv, Options{Name: "two", Keychain: kc})
+	for _, step := range []struct {
+		name       string
+		c          *Client
+		img        testImage
+		wantTokens int
+	}{
+		{name: "first upstream", c: c1, img: u1.img, wantTokens: 1},
+		{name: "first upstream again, cached", c: c1, img: u1.img, wantTokens: 1},
+		{name: "second upstream, same realm and scope: its own token", c: c2, img: u2.img, wantTokens: 2},
+	} {
+		if _, _, err := fetchBody(t, step.c, manifestReq(step.img)); err != nil {
+			t.Fatalf("%s: %v", step.name, err)
+		}
+		n, auths := rec.count("/token")
+		if n != step.wantTokens {
+			t.Errorf("%s: token requests = %d, want %d", step.name, n, step.wantTokens)
+		}
+		if len(auths) != n || (n > 0 && auths[0] != basicAuth("bob", "hunter2-pw")) {
+			t.Errorf("%s: token requests carried %q, want the upstream's Basic credentials", step.name, auths)
+		}
+	}
+}
+
+// TestTokenRequestRedirect: a token service that redirects to another host gets the credentials,
+// the other host does not: Authorization is dropped from a GET, and a POST (the refresh-token grant,
+// whose body holds the identity token) is not sent there at all.
+func TestTokenRequestRedirect(t *testing.T) {
+	tests := []struct {
+		name string
+		cfg  authn.AuthConfig
+		code int
+	}{
+		{name: "GET with Basic credentials", code: http.StatusFound,
+			cfg: authn.AuthConfig{Username: "bob", Password: "hunter2-pw"}},
+		{name: "POST with an identity token", code: http.StatusTemporaryRedirect,
+			cfg: authn.AuthConfig{IdentityToken: "refresh-secret"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ts := &tokenService{user: "bob", pass: "hunter2-pw", identity: "refresh-secret", expiresIn: 300}
+			u := newUpstream(t, ts.wrap)
+			targetRec := &recorder{}
+			var bodies atomic.Int64
+			target := startTLS(t, targetRec.wrap(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				if b, _ := io.ReadAll(r.Body); len(b) > 0 {
+					bodies.Add(1)
+				}
+				w.Header().Set("Content-Type", "application/json")
+				io.WriteString(w, `{"token":"from-the-target","expires_in":300}`)
+			})))
+			first := startTLS(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				http.Redirect(w, r, target.URL+"/token?"+r.URL.RawQuery, tt.code)
+			}))
+			ts.base = first.URL // the upstream names the first host as its realm
+			c := newTestClient(t, u.srv, Options{Keychain: keychainFunc(func() authn.AuthConfig { return tt.cfg })})
+			_, _, err := fetchBody(t, c, manifestReq(u.img))
+			if err == nil {
+				t.Fatal("the upstream accepted a token it never issued")
+			}
+			if strings.Contains(err.Error(), "refresh-secret") || strings.Contains(err.Error(), "hunter2-pw") {
+				t.Errorf("error %q holds a secret", err)
+			}
+			if auths := targetRec.anyAuth(); len(auths) != 0 {
+				t.Errorf("the redirect target received Authorization %q", auths)
+			}
+			if n := bodies.Load(); n != 0 {
+				t.Errorf("the redirect target received %d request bodies", n)
+			}
+		})
+	}
+}
