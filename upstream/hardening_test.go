@@ -9,6 +9,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/google/go-containerregistry/pkg/authn"
 )
@@ -268,5 +269,83 @@ func TestTokenRequestRedirect(t *testing.T) {
 				t.Errorf("the redirect target received %d request bodies", n)
 			}
 		})
+	}
+}
+
+// TestTokenNotSentToAnotherRealm: when the upstream moves to another token service, tokens from the
+// first one are not sent again (they are cached by realm, not only by scope).
+func TestTokenNotSentToAnotherRealm(t *testing.T) {
+	tsA := &tokenService{anonymousOK: true, expiresIn: 300}
+	tsB := &tokenService{anonymousOK: true, expiresIn: 300, next: 100} // tokens tok-101...
+	var cur atomic.Pointer[tokenService]
+	cur.Store(tsA)
+	rec := &recorder{}
+	u := newUpstream(t, func(reg http.Handler) http.Handler {
+		return rec.wrap(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			cur.Load().wrap(reg).ServeHTTP(w, r)
+		}))
+	})
+	startTokenServer(t, tsA)
+	startTokenServer(t, tsB)
+	second := pushImage(t, u.push, "test/second", "v1")
+	c := newTestClient(t, u.srv, Options{})
+	for _, img := range []testImage{u.img, second} {
+		if _, _, err := fetchBody(t, c, manifestReq(img)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cur.Store(tsB)
+	before := len(rec.anyAuth())
+	for _, img := range []testImage{u.img, second} {
+		if _, _, err := fetchBody(t, c, manifestReq(img)); err != nil {
+			t.Fatalf("after the move: %v", err)
+		}
+	}
+	// The first request after the move carries the first repository's old token (that is how the
+	// Client learns of the move); the second repository's old token must not be sent.
+	for _, a := range rec.anyAuth()[before:] {
+		if a == "Bearer tok-2" {
+			t.Errorf("after the move the upstream received %q, a token of the old realm", a)
+		}
+	}
+}
+
+// TestTokenCacheBound: the token cache holds at most MaxTokens valid tokens, dropping the one that
+// expires soonest.
+func TestTokenCacheBound(t *testing.T) {
+	ts := &tokenService{anonymousOK: true, expiresIn: 300}
+	u := newBearerUpstream(t, ts)
+	imgs := []testImage{u.img}
+	for _, repo := range []string{"test/b", "test/c", "test/d"} {
+		imgs = append(imgs, pushImage(t, u.push, repo, "v1"))
+	}
+	clk := newClock()
+	c := newTestClient(t, u.srv, Options{MaxTokens: 2, Now: clk.Now})
+	steps := []struct {
+		name       string
+		img        testImage
+		wantTokens int // token requests so far
+	}{
+		{name: "a", img: imgs[0], wantTokens: 1},
+		{name: "b", img: imgs[1], wantTokens: 2},
+		{name: "c evicts a, the soonest to expire", img: imgs[2], wantTokens: 3},
+		{name: "b still cached", img: imgs[1], wantTokens: 3},
+		{name: "a asked again", img: imgs[0], wantTokens: 4},
+		{name: "d", img: imgs[3], wantTokens: 5},
+	}
+	for _, s := range steps {
+		if _, _, err := fetchBody(t, c, manifestReq(s.img)); err != nil {
+			t.Fatalf("%s: %v", s.name, err)
+		}
+		if n := ts.tokenRequests(); n != s.wantTokens {
+			t.Errorf("%s: token requests = %d, want %d", s.name, n, s.wantTokens)
+		}
+		c.mu.Lock()
+		n := len(c.tokens)
+		c.mu.Unlock()
+		if n > 2 {
+			t.Errorf("%s: %d tokens cached, want at most 2", s.name, n)
+		}
+		clk.Advance(time.Second)
 	}
 }
