@@ -1,10 +1,13 @@
 package upstream
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -347,5 +350,69 @@ func TestTokenCacheBound(t *testing.T) {
 			t.Errorf("%s: %d tokens cached, want at most 2", s.name, n)
 		}
 		clk.Advance(time.Second)
+	}
+}
+
+// TestAuthFileOnReload: every reload attempt is reported to OnReload, a failed one with its error.
+func TestAuthFileOnReload(t *testing.T) {
+	path := filepath.Join(t.TempDir(), ".dockerconfigjson")
+	good := func(user string) string {
+		return `{"auths":{"ghcr.io":{"auth":"` + b64(user+":pw") + `"}}}`
+	}
+	writeFile(t, path, good("one"))
+	clk := newClock()
+	f, err := NewAuthFile(path, clk.Now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []error
+	f.OnReload = func(err error) { got = append(got, err) }
+	steps := []struct {
+		name    string
+		write   string // new content; "" leaves the file as it is; "-" removes it
+		advance bool   // let the check interval pass
+		wantN   int    // OnReload calls so far
+		wantErr string // what the last call's error says; "" means nil
+	}{
+		{name: "within the interval: no attempt", wantN: 0},
+		{name: "good rotation", write: good("two"), advance: true, wantN: 1},
+		{name: "unchanged", advance: true, wantN: 2},
+		{name: "bad JSON", write: `{"auths":`, advance: true, wantN: 3, wantErr: "invalid JSON"},
+		{name: "still bad", advance: true, wantN: 4, wantErr: "invalid JSON"},
+		{name: "missing", write: "-", advance: true, wantN: 5, wantErr: "no such file"},
+		{name: "fixed", write: good("three"), advance: true, wantN: 6},
+	}
+	for _, s := range steps {
+		switch s.write {
+		case "":
+		case "-":
+			if err := os.Remove(path); err != nil {
+				t.Fatal(err)
+			}
+		default:
+			writeFile(t, path, s.write)
+		}
+		if s.advance {
+			clk.Advance(authFileCheckInterval)
+		}
+		resolveBasic(t, f, "ghcr.io")
+		if len(got) != s.wantN {
+			t.Fatalf("%s: OnReload called %d times, want %d", s.name, len(got), s.wantN)
+		}
+		if s.wantN == 0 {
+			continue
+		}
+		last := got[len(got)-1]
+		switch {
+		case s.wantErr == "" && last != nil:
+			t.Errorf("%s: OnReload(%v), want nil", s.name, last)
+		case s.wantErr != "" && (last == nil || !strings.Contains(last.Error(), s.wantErr)):
+			t.Errorf("%s: OnReload(%v), want an error saying %q", s.name, last, s.wantErr)
+		case s.wantErr != "" && !errors.Is(f.Err(), last):
+			t.Errorf("%s: Err() = %v, want the reported %v", s.name, f.Err(), last)
+		}
+	}
+	if u, _ := resolveBasic(t, f, "ghcr.io"); u != "three" {
+		t.Errorf("user = %q, want three", u)
 	}
 }
