@@ -127,7 +127,7 @@ func (c *Client) ping(ctx context.Context) (any, error) {
 	}
 	// Any other answer (200, or a 404 from a registry that does not serve /v2/): no authentication
 	// until a request gets a 401 that says otherwise.
-	drain(resp.Body)
+	c.drain(resp)
 	c.setChallenge(ch)
 	return ch, nil
 }
@@ -342,6 +342,7 @@ func (c *Client) fetchToken(ctx context.Context, ch *challenge, key tokenKey) (a
 		return nil, err
 	}
 	defer resp.Body.Close()
+	defer c.limitBodyTime(resp)()
 	var body struct {
 		Token       string `json:"token"`
 		AccessToken string `json:"access_token"`

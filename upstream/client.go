@@ -87,6 +87,7 @@ const (
 	defaultFailureThreshold = 5
 	defaultCoolDown         = 30 * time.Second
 	maxRedirects            = 10
+	maxDrain                = 64 << 10 // bytes of an unwanted body read so its connection can be reused
 )
 
 func (o Options) withDefaults() Options {
@@ -244,7 +245,7 @@ func (c *Client) Fetch(ctx context.Context, r Request) (*http.Response, error) {
 				retry = true
 			}
 			if retry {
-				drain(resp.Body)
+				c.drain(resp)
 				continue
 			}
 		}
@@ -329,10 +330,13 @@ func (c *Client) rateLimited() error {
 	return &e
 }
 
-// statusError turns a non-2xx response into a *StatusError, remembering a 429.
+// statusError turns a non-2xx response into a *StatusError, remembering a 429. It reads at most
+// maxErrorBody bytes of the body, for at most Timeout.
 func (c *Client) statusError(resp *http.Response) error {
 	now := c.opts.Now()
+	stop := c.limitBodyTime(resp)
 	e := newStatusError(c.opts.Name, resp, now)
+	stop()
 	if e.Status == http.StatusTooManyRequests {
 		c.mu.Lock()
 		if till := now.Add(e.RetryAfter); till.After(c.limitedTill) || c.limited == nil {
@@ -493,8 +497,26 @@ func (o *observer) RoundTrip(req *http.Request) (*http.Response, error) {
 	return resp, err
 }
 
-// drain reads a little of body, so the connection can be reused, and closes it.
-func drain(body io.ReadCloser) {
-	_, _ = io.Copy(io.Discard, io.LimitReader(body, 64<<10))
-	body.Close()
+// drain reads a little of resp's body, so the connection can be reused, and closes it; it gives up
+// after Timeout.
+func (c *Client) drain(resp *http.Response) {
+	defer c.limitBodyTime(resp)()
+	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, maxDrain))
+	resp.Body.Close()
+}
+
+// errBodyTimeout is the cancel cause of a body that the Client reads itself (an error, a token, a
+// drain) and that did not arrive within Timeout.
+var errBodyTimeout = errors.New("response body not read in time")
+
+// limitBodyTime makes reads of resp's body fail once Timeout has passed, and returns the function
+// that lifts the limit. It is for the small answers the Client reads itself, each also capped in size;
+// the bodies handed to the caller stream without a deadline.
+func (c *Client) limitBodyTime(resp *http.Response) (stop func()) {
+	b, ok := resp.Body.(*cancelBody)
+	if !ok {
+		return func() {}
+	}
+	timer := time.AfterFunc(c.opts.Timeout, func() { b.cancel(errBodyTimeout) })
+	return func() { timer.Stop() }
 }

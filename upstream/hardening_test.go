@@ -416,3 +416,140 @@ func TestAuthFileOnReload(t *testing.T) {
 		t.Errorf("user = %q, want three", u)
 	}
 }
+
+// stall answers code with header and the start of a body, then sends nothing more until the request
+// ends or release is closed.
+func stall(release <-chan struct{}, code int, header map[string]string, partial string) func(w http.ResponseWriter, r *http.Request) bool {
+	return func(w http.ResponseWriter, r *http.Request) bool {
+		for k, v := range header {
+			w.Header().Set(k, v)
+		}
+		w.WriteHeader(code)
+		io.WriteString(w, partial)
+		w.(http.Flusher).Flush()
+		select {
+		case <-r.Context().Done():
+		case <-release:
+		}
+		return true
+	}
+}
+
+// endless answers code with a body that never ends (until the request does).
+func endless(code int, contentType string) func(w http.ResponseWriter, r *http.Request) bool {
+	return func(w http.ResponseWriter, r *http.Request) bool {
+		w.Header().Set("Content-Type", contentType)
+		w.WriteHeader(code)
+		chunk := []byte(strings.Repeat("x", 32<<10))
+		for {
+			if _, err := w.Write(chunk); err != nil {
+				return true
+			}
+		}
+	}
+}
+
+// once lets hook answer the first request that match accepts, and passes the others on.
+func once(match func(r *http.Request) bool, hook func(w http.ResponseWriter, r *http.Request) bool) func(w http.ResponseWriter, r *http.Request) bool {
+	var done atomic.Bool
+	return func(w http.ResponseWriter, r *http.Request) bool {
+		if !match(r) || done.Swap(true) {
+			return false
+		}
+		return hook(w, r)
+	}
+}
+
+func isManifest(r *http.Request) bool { return strings.Contains(r.URL.Path, "/manifests/") }
+
+// TestBoundedReads: the answers the Client reads itself (error bodies, token bodies, bodies drained
+// before a retry) are capped in size and in time, so a hostile or broken upstream cannot hold a
+// Fetch whose caller set no deadline.
+func TestBoundedReads(t *testing.T) {
+	tests := []struct {
+		name       string
+		bearer     bool // the upstream asks for tokens (a first Fetch caches one before the fault)
+		warm       bool // a first Fetch of the same manifest caches its token before the fault
+		fault      func(ts *tokenService, release <-chan struct{}) func(w http.ResponseWriter, r *http.Request) bool
+		wantStatus int // StatusError status; 0 means success
+		wantErr    error
+	}{
+		{name: "endless error body", wantStatus: 500,
+			fault: func(*tokenService, <-chan struct{}) func(w http.ResponseWriter, r *http.Request) bool {
+				return once(isManifest, endless(500, "text/plain"))
+			}},
+		{name: "stalled error body", wantStatus: 503,
+			fault: func(_ *tokenService, release <-chan struct{}) func(w http.ResponseWriter, r *http.Request) bool {
+				return once(isManifest, stall(release, 503, map[string]string{"Content-Type": "text/plain"}, "overload"))
+			}},
+		{name: "stalled 401 body before a retry", bearer: true, warm: true,
+			fault: func(ts *tokenService, release <-chan struct{}) func(w http.ResponseWriter, r *http.Request) bool {
+				return once(isManifest, stall(release, 401, map[string]string{
+					"WWW-Authenticate": fmt.Sprintf(`Bearer realm="%s/token",service="test"`, ts.base),
+					"Content-Type":     "application/json",
+				}, `{"errors":[`))
+			}},
+		{name: "stalled token body", bearer: true, wantErr: ErrUnavailable,
+			fault: func(_ *tokenService, release <-chan struct{}) func(w http.ResponseWriter, r *http.Request) bool {
+				return once(func(r *http.Request) bool { return r.URL.Path == "/token" },
+					stall(release, 200, map[string]string{"Content-Type": "application/json"}, `{"token":"tok-`))
+			}},
+		{name: "oversized token", bearer: true, wantErr: ErrUnavailable,
+			fault: func(*tokenService, <-chan struct{}) func(w http.ResponseWriter, r *http.Request) bool {
+				return once(func(r *http.Request) bool { return r.URL.Path == "/token" },
+					func(w http.ResponseWriter, r *http.Request) bool {
+						w.Header().Set("Content-Type", "application/json")
+						io.WriteString(w, `{"token":"`+strings.Repeat("t", maxTokenLen+1)+`"}`)
+						return true
+					})
+			}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ts := &tokenService{anonymousOK: true, expiresIn: 300}
+			f := &faults{}
+			u := newUpstream(t, func(reg http.Handler) http.Handler {
+				if tt.bearer {
+					reg = ts.wrap(reg)
+				}
+				return f.wrap(reg)
+			})
+			ts.base = u.srv.URL
+			c := newTestClient(t, u.srv, Options{Timeout: time.Second})
+			if tt.bearer {
+				// A token for another repository is cached, so the faulty token request is the next one.
+				other := pushImage(t, u.push, "test/other", "v1")
+				if _, _, err := fetchBody(t, c, manifestReq(other)); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if tt.warm {
+				if _, _, err := fetchBody(t, c, manifestReq(u.img)); err != nil {
+					t.Fatal(err)
+				}
+			}
+			release := make(chan struct{})
+			t.Cleanup(func() { close(release) }) // before the servers close, which waits for handlers
+			f.set(tt.fault(ts, release))
+			done := make(chan error, 1)
+			go func() {
+				_, _, err := fetchBody(t, c, manifestReq(u.img))
+				done <- err
+			}()
+			var err error
+			select {
+			case err = <-done:
+			case <-time.After(30 * time.Second):
+				t.Fatal("Fetch still reading the upstream's answer after 30s")
+			}
+			switch {
+			case tt.wantErr != nil:
+				if !errors.Is(err, tt.wantErr) {
+					t.Fatalf("err = %v, want %v", err, tt.wantErr)
+				}
+			default:
+				checkAuthResult(t, err, tt.wantStatus)
+			}
+		})
+	}
+}
