@@ -306,6 +306,19 @@ func (c *Client) ownHost(resp *http.Response) bool {
 	return resp.Request != nil && resp.Request.URL != nil && strings.EqualFold(resp.Request.URL.Host, c.base.Host)
 }
 
+// redirectedAway reports whether resp came from another host than the one its request was first sent
+// to.
+func redirectedAway(resp *http.Response) bool {
+	if resp.Request == nil {
+		return false
+	}
+	first := resp.Request
+	for first.Response != nil && first.Response.Request != nil {
+		first = first.Response.Request
+	}
+	return !strings.EqualFold(first.URL.Host, resp.Request.URL.Host)
+}
+
 // endpoint returns the URL of path under the base URL.
 func (c *Client) endpoint(path string) string {
 	v := *c.base
@@ -331,12 +344,18 @@ func (c *Client) rateLimited() error {
 }
 
 // statusError turns a non-2xx response into a *StatusError, remembering a 429. It reads at most
-// maxErrorBody bytes of the body, for at most Timeout.
+// maxErrorBody bytes of the body, for at most Timeout, and keeps no code or message from a host that
+// a redirect pointed at.
 func (c *Client) statusError(resp *http.Response) error {
 	now := c.opts.Now()
 	stop := c.limitBodyTime(resp)
 	e := newStatusError(c.opts.Name, resp, now)
 	stop()
+	if redirectedAway(resp) {
+		// The host a redirect pointed at is not the upstream: its words are not passed on (a
+		// redirect to an internal service must not read that service's answers out to clients).
+		e.Code, e.Message = "", ""
+	}
 	if e.Status == http.StatusTooManyRequests {
 		c.mu.Lock()
 		if till := now.Add(e.RetryAfter); till.After(c.limitedTill) || c.limited == nil {

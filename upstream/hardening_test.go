@@ -553,3 +553,41 @@ func TestBoundedReads(t *testing.T) {
 		})
 	}
 }
+
+// TestRedirectTargetWordsNotKept: an error from a host the upstream redirected to (perhaps an
+// internal service) keeps its status but none of its words, which would reach clients.
+func TestRedirectTargetWordsNotKept(t *testing.T) {
+	tests := []struct {
+		name        string
+		contentType string
+		body        string
+	}{
+		{name: "text", contentType: "text/plain", body: "internal-secret-data"},
+		{name: "OCI JSON", contentType: "application/json",
+			body: `{"errors":[{"code":"INTERNAL_SECRET","message":"internal-secret-data"}]}`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			internal := startTLS(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				w.Header().Set("Content-Type", tt.contentType)
+				w.WriteHeader(http.StatusForbidden)
+				io.WriteString(w, tt.body)
+			}))
+			u := newUpstream(t, func(reg http.Handler) http.Handler {
+				return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+					if strings.Contains(r.URL.Path, "/blobs/") {
+						http.Redirect(w, r, internal.URL+"/admin", http.StatusFound)
+						return
+					}
+					reg.ServeHTTP(w, r)
+				})
+			})
+			c := newTestClient(t, u.srv, Options{})
+			_, _, err := fetchBody(t, c, Request{Repo: u.img.repo, Kind: "blobs", Ref: u.img.layer.String()})
+			checkAuthResult(t, err, http.StatusForbidden)
+			if strings.Contains(err.Error(), "SECRET") || strings.Contains(err.Error(), "secret") {
+				t.Errorf("err = %q, repeats the redirect target's words", err)
+			}
+		})
+	}
+}
