@@ -26,7 +26,8 @@ type Options struct {
 	// is kept as a prefix before /v2/. Required.
 	URL string
 	// Transport is the base transport (it carries the CA pool and proxy settings). Nil means a clone of
-	// http.DefaultTransport.
+	// http.DefaultTransport that reads at most 1 MiB of response headers (net/http's default is 10
+	// MiB); a Transport given here should set MaxResponseHeaderBytes likewise.
 	Transport http.RoundTripper
 	// Keychain gives the credentials for a Resource whose RegistryStr() is Host(), resolved each time
 	// they are needed (each token request; each request to a registry that asks for Basic auth), so
@@ -88,6 +89,7 @@ const (
 	defaultCoolDown         = 30 * time.Second
 	maxRedirects            = 10
 	maxDrain                = 64 << 10 // bytes of an unwanted body read so its connection can be reused
+	maxResponseHeaderBytes  = 1 << 20  // of the default Transport
 )
 
 func (o Options) withDefaults() Options {
@@ -112,7 +114,9 @@ func (o Options) withDefaults() Options {
 	if o.Transport == nil {
 		o.Transport = http.DefaultTransport
 		if t, ok := http.DefaultTransport.(*http.Transport); ok {
-			o.Transport = t.Clone()
+			t = t.Clone()
+			t.MaxResponseHeaderBytes = maxResponseHeaderBytes
+			o.Transport = t
 		}
 	}
 	return o

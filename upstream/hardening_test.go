@@ -591,3 +591,21 @@ func TestRedirectTargetWordsNotKept(t *testing.T) {
 		})
 	}
 }
+
+// TestDefaultTransportHeaderCap: the default transport reads at most 1 MiB of response headers.
+func TestDefaultTransportHeaderCap(t *testing.T) {
+	c, err := New(Options{Name: "test", URL: "https://registry.example"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr, ok := c.opts.Transport.(*http.Transport)
+	if !ok {
+		t.Fatalf("default transport is a %T, want an *http.Transport", c.opts.Transport)
+	}
+	if tr.MaxResponseHeaderBytes != 1<<20 {
+		t.Errorf("default transport reads %d bytes of headers, want 1 MiB", tr.MaxResponseHeaderBytes)
+	}
+	if tr == http.DefaultTransport {
+		t.Error("the default transport is http.DefaultTransport itself, not a clone")
+	}
+}
