@@ -185,8 +185,10 @@ func (c *Client) Host() string { return c.base.Host }
 // Fetch sends r to <URL>/v2/<Repo>/<Kind>/<Ref>?<Query>, authenticated as the upstream asks, and
 // returns the response when its status is 2xx; the caller closes the body. ctx cancels the request
 // and the body read. Anything else is an error:
-//   - a *StatusError for an HTTP answer, with the OCI error code and message from its body; wrong
-//     credentials give the token service's or the registry's 401/403, never an anonymous retry;
+//   - a *StatusError for an HTTP answer, with the OCI error code and message from its body (none from
+//     a host that a redirect pointed at); wrong credentials give the token service's or the
+//     registry's 401/403, never an anonymous retry; a 401 from a redirect target (a CDN) never
+//     changes how the Client authenticates, only the upstream's own host:port does;
 //   - a 429 is remembered: until its Retry-After has passed, Fetch answers a *StatusError 429 without
 //     contacting the upstream;
 //   - an error wrapping ErrUnavailable for connection errors, timeouts and an open circuit;
