@@ -121,12 +121,13 @@ func (c *Client) ping(ctx context.Context) (any, error) {
 	switch {
 	case resp.StatusCode == http.StatusTooManyRequests || resp.StatusCode >= 500:
 		return nil, c.statusError(resp)
-	case resp.StatusCode == http.StatusUnauthorized:
+	case resp.StatusCode == http.StatusUnauthorized && c.ownHost(resp):
+		// A challenge from another host that /v2/ redirected to is not the upstream's.
 		ch = parseChallenges(resp.Header.Values("WWW-Authenticate"))
 	}
 	// Any other answer (200, or a 404 from a registry that does not serve /v2/): no authentication
 	// until a request gets a 401 that says otherwise.
-	drain(resp.Body)
+	c.drain(resp)
 	c.setChallenge(ch)
 	return ch, nil
 }
@@ -150,10 +151,10 @@ func (c *Client) shared(ctx context.Context, key string, fn func(context.Context
 
 // auth is the Authorization for one request and where it came from.
 type auth struct {
-	header      string // Authorization value, empty for anonymous
-	scope       string // bearer: the token's scope
-	token       string // bearer: the token
-	cachedToken bool   // bearer: the token came from the cache, not a request made for this Fetch
+	header      string   // Authorization value, empty for anonymous
+	key         tokenKey // bearer: the token's cache key
+	token       string   // bearer: the token
+	cachedToken bool     // bearer: the token came from the cache, not a request made for this Fetch
 }
 
 // authorize returns the Authorization for a request to repo under challenge ch.
@@ -167,17 +168,20 @@ func (c *Client) authorize(ctx context.Context, ch *challenge, repo string) (aut
 		return auth{header: basicAuth(cfg.Username, cfg.Password)}, nil
 	case schemeBearer:
 		scope := "repository:" + repo + ":pull"
-		if t, ok := c.cachedToken(scope); ok {
-			return auth{header: "Bearer " + t, scope: scope, token: t, cachedToken: true}, nil
+		// Tokens are cached by the realm and service that issued them as well as by scope: a
+		// token is only ever sent back under the challenge it was obtained for.
+		key := tokenKey{realm: ch.realm, service: ch.service, scope: scope}
+		if t, ok := c.cachedToken(key); ok {
+			return auth{header: "Bearer " + t, key: key, token: t, cachedToken: true}, nil
 		}
-		v, err := c.shared(ctx, "token "+scope, func(ctx context.Context) (any, error) {
-			return c.fetchToken(ctx, ch, scope)
+		v, err := c.shared(ctx, "token "+key.String(), func(ctx context.Context) (any, error) {
+			return c.fetchToken(ctx, ch, key)
 		})
 		if err != nil {
 			return auth{}, err
 		}
 		t := v.(string)
-		return auth{header: "Bearer " + t, scope: scope, token: t}, nil
+		return auth{header: "Bearer " + t, key: key, token: t}, nil
 	}
 	return auth{}, nil
 }
@@ -219,50 +223,71 @@ type token struct {
 	refreshAt time.Time // fetch a new one from then on
 }
 
+// tokenKey is what a cached token was issued for: the realm and service of the challenge and the
+// scope.
+type tokenKey struct {
+	realm, service, scope string
+}
+
+func (k tokenKey) String() string { return k.realm + " " + k.service + " " + k.scope }
+
 const (
 	defaultTokenLifetime = 60 * time.Second
 	maxTokenMargin       = 30 * time.Second
-	maxTokenBody         = 1 << 20
-	maxCachedTokens      = 4096
+	maxTokenBody         = 1 << 20  // bytes of a token response read
+	maxTokenLen          = 16 << 10 // bytes of a token value accepted (real ones are a few KiB)
+	defaultMaxTokens     = 4096
 )
 
-func (c *Client) cachedToken(scope string) (string, bool) {
+func (c *Client) cachedToken(key tokenKey) (string, bool) {
 	now := c.opts.Now()
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	t, ok := c.tokens[scope]
+	t, ok := c.tokens[key]
 	if !ok || !now.Before(t.refreshAt) {
 		return "", false
 	}
 	return t.value, true
 }
 
-// dropToken forgets the token for scope if it is still value (a newer one stays).
-func (c *Client) dropToken(scope, value string) {
+// dropToken forgets the token for key if it is still value (a newer one stays).
+func (c *Client) dropToken(key tokenKey, value string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.tokens[scope].value == value {
-		delete(c.tokens, scope)
+	if c.tokens[key].value == value {
+		delete(c.tokens, key)
 	}
 }
 
-func (c *Client) storeToken(scope string, t token) {
+// storeToken caches t under key. The cache holds at most Options.MaxTokens tokens: when it is full,
+// the expired ones go first, then the one that expires soonest.
+func (c *Client) storeToken(key tokenKey, t token) {
 	now := c.opts.Now()
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if len(c.tokens) >= maxCachedTokens {
-		for s, old := range c.tokens {
+	if _, ok := c.tokens[key]; !ok && len(c.tokens) >= c.opts.MaxTokens {
+		var soonest tokenKey
+		var soonestAt time.Time
+		for k, old := range c.tokens {
 			if !now.Before(old.refreshAt) {
-				delete(c.tokens, s)
+				delete(c.tokens, k)
+				continue
+			}
+			if soonestAt.IsZero() || old.refreshAt.Before(soonestAt) {
+				soonest, soonestAt = k, old.refreshAt
 			}
 		}
+		if len(c.tokens) >= c.opts.MaxTokens {
+			delete(c.tokens, soonest)
+		}
 	}
-	c.tokens[scope] = t
+	c.tokens[key] = t
 }
 
 // fetchToken asks the token service of ch for a token for scope, caches it and returns it. A registry
 // token from the keychain is used as it is, without a request.
-func (c *Client) fetchToken(ctx context.Context, ch *challenge, scope string) (any, error) {
+func (c *Client) fetchToken(ctx context.Context, ch *challenge, key tokenKey) (any, error) {
+	scope := key.scope
 	cfg, err := c.credentials(ctx)
 	if err != nil {
 		return nil, err
@@ -317,6 +342,7 @@ func (c *Client) fetchToken(ctx context.Context, ch *challenge, scope string) (a
 		return nil, err
 	}
 	defer resp.Body.Close()
+	defer c.limitBodyTime(resp)()
 	var body struct {
 		Token       string `json:"token"`
 		AccessToken string `json:"access_token"`
@@ -333,8 +359,11 @@ func (c *Client) fetchToken(ctx context.Context, ch *challenge, scope string) (a
 	if value == "" {
 		return nil, fmt.Errorf("upstream %s: %w: token response holds no token", c.opts.Name, ErrUnavailable)
 	}
+	if len(value) > maxTokenLen {
+		return nil, fmt.Errorf("upstream %s: %w: token longer than %d bytes", c.opts.Name, ErrUnavailable, maxTokenLen)
+	}
 	now := c.opts.Now()
-	c.storeToken(scope, token{value: value, refreshAt: tokenRefreshAt(now, body.ExpiresIn, body.IssuedAt)})
+	c.storeToken(key, token{value: value, refreshAt: tokenRefreshAt(now, body.ExpiresIn, body.IssuedAt)})
 	return value, nil
 }
 

@@ -19,9 +19,17 @@ import (
 // kubernetes.io/dockerconfigjson Secret (and of ~/.docker/config.json without credential helpers).
 // The file is read again, at most every 2 seconds and only when credentials are asked for, so a
 // rotated Secret takes effect without a restart. A file that cannot be read or parsed on
-// reload keeps the last good credentials in use; Err reports the problem until a good file is read.
-// It is safe for concurrent use.
+// reload keeps the last good credentials in use; Err reports the problem until a good file is read,
+// and the OnReload hook hears of every reload attempt. It is safe for concurrent use.
 type AuthFile struct {
+	// OnReload, when not nil, is called after every attempt to read the file again (at most every 2
+	// seconds, when credentials are asked for): with nil when the file was read and parsed (or is
+	// unchanged and good), else with the error that Err reports, so that the caller can log and count
+	// failed reloads. It is called without locks held, from the goroutine that resolves credentials;
+	// it must be quick and safe for concurrent use. Set it before the AuthFile is used. Nil means no
+	// hook.
+	OnReload func(err error)
+
 	path string
 	now  func() time.Time
 
@@ -66,9 +74,12 @@ func (f *AuthFile) Resolve(r authn.Resource) (authn.Authenticator, error) {
 		return authn.Anonymous, nil
 	}
 	f.mu.Lock()
-	defer f.mu.Unlock()
-	f.reloadLocked()
+	attempted, reloadErr := f.reloadLocked()
 	cfg, ok := f.auths[host]
+	f.mu.Unlock()
+	if attempted && f.OnReload != nil {
+		f.OnReload(reloadErr)
+	}
 	if !ok {
 		return authn.Anonymous, nil
 	}
@@ -82,27 +93,30 @@ func (f *AuthFile) Err() error {
 	return f.err
 }
 
-func (f *AuthFile) reloadLocked() {
+// reloadLocked reads the file again when the check interval has passed. It reports whether it tried,
+// and the error that Err reports after the attempt.
+func (f *AuthFile) reloadLocked() (attempted bool, err error) {
 	now := f.now()
 	if now.Sub(f.checked) < authFileCheckInterval && !now.Before(f.checked) {
-		return
+		return false, nil
 	}
 	f.checked = now
 	data, err := readLimited(f.path)
 	if err != nil {
 		f.err = fmt.Errorf("credentials file: %w (keeping the last good credentials)", err)
-		return
+		return true, f.err
 	}
 	if bytes.Equal(data, f.raw) {
-		return
+		return true, f.err // unchanged: still good, or still the same bad content
 	}
 	f.raw = data
 	auths, err := ParseDockerConfig(data)
 	if err != nil {
 		f.err = fmt.Errorf("credentials file %s: %w (keeping the last good credentials)", f.path, err)
-		return
+		return true, f.err
 	}
 	f.auths, f.err = auths, nil
+	return true, nil
 }
 
 func readLimited(path string) ([]byte, error) {

@@ -26,7 +26,8 @@ type Options struct {
 	// is kept as a prefix before /v2/. Required.
 	URL string
 	// Transport is the base transport (it carries the CA pool and proxy settings). Nil means a clone of
-	// http.DefaultTransport.
+	// http.DefaultTransport that reads at most 1 MiB of response headers (net/http's default is 10
+	// MiB); a Transport given here should set MaxResponseHeaderBytes likewise.
 	Transport http.RoundTripper
 	// Keychain gives the credentials for a Resource whose RegistryStr() is Host(), resolved each time
 	// they are needed (each token request; each request to a registry that asks for Basic auth), so
@@ -47,6 +48,10 @@ type Options struct {
 	// CoolDown is how long an open circuit fails fast before one probe request is let through. Zero
 	// means 30s.
 	CoolDown time.Duration
+	// MaxTokens is the most bearer tokens cached at once (one per repository pulled through this
+	// upstream while its token is valid); when full, the token that expires soonest is dropped.
+	// Zero means 4096.
+	MaxTokens int
 	// Now is the clock for token expiry, Retry-After and the circuit breaker. Nil means time.Now.
 	// Event durations are measured with the real monotonic clock.
 	Now func() time.Time
@@ -83,6 +88,8 @@ const (
 	defaultFailureThreshold = 5
 	defaultCoolDown         = 30 * time.Second
 	maxRedirects            = 10
+	maxDrain                = 64 << 10 // bytes of an unwanted body read so its connection can be reused
+	maxResponseHeaderBytes  = 1 << 20  // of the default Transport
 )
 
 func (o Options) withDefaults() Options {
@@ -98,13 +105,18 @@ func (o Options) withDefaults() Options {
 	if o.CoolDown <= 0 {
 		o.CoolDown = defaultCoolDown
 	}
+	if o.MaxTokens <= 0 {
+		o.MaxTokens = defaultMaxTokens
+	}
 	if o.Now == nil {
 		o.Now = time.Now
 	}
 	if o.Transport == nil {
 		o.Transport = http.DefaultTransport
 		if t, ok := http.DefaultTransport.(*http.Transport); ok {
-			o.Transport = t.Clone()
+			t = t.Clone()
+			t.MaxResponseHeaderBytes = maxResponseHeaderBytes
+			o.Transport = t
 		}
 	}
 	return o
@@ -117,13 +129,13 @@ type Client struct {
 	http *http.Client
 	sem  *semaphore.Weighted
 
-	flight singleflight.Group // "ping" and "token <scope>" requests
+	flight singleflight.Group // "ping" and "token <realm> <service> <scope>" requests
 
 	mu          sync.Mutex
-	chal        *challenge       // nil until learned
-	tokens      map[string]token // by scope
-	limited     *StatusError     // the last 429, while limitedTill is in the future
-	limitedTill time.Time        // no request before this time
+	chal        *challenge         // nil until learned
+	tokens      map[tokenKey]token // at most opts.MaxTokens
+	limited     *StatusError       // the last 429, while limitedTill is in the future
+	limitedTill time.Time          // no request before this time
 	breaker     breaker
 }
 
@@ -154,7 +166,7 @@ func New(opts Options) (*Client, error) {
 		opts:   opts,
 		base:   u,
 		sem:    semaphore.NewWeighted(int64(opts.Concurrency)),
-		tokens: map[string]token{},
+		tokens: map[tokenKey]token{},
 	}
 	c.breaker = breaker{threshold: opts.FailureThreshold, coolDown: opts.CoolDown}
 	c.http = &http.Client{
@@ -173,8 +185,10 @@ func (c *Client) Host() string { return c.base.Host }
 // Fetch sends r to <URL>/v2/<Repo>/<Kind>/<Ref>?<Query>, authenticated as the upstream asks, and
 // returns the response when its status is 2xx; the caller closes the body. ctx cancels the request
 // and the body read. Anything else is an error:
-//   - a *StatusError for an HTTP answer, with the OCI error code and message from its body; wrong
-//     credentials give the token service's or the registry's 401/403, never an anonymous retry;
+//   - a *StatusError for an HTTP answer, with the OCI error code and message from its body (none from
+//     a host that a redirect pointed at); wrong credentials give the token service's or the
+//     registry's 401/403, never an anonymous retry; a 401 from a redirect target (a CDN) never
+//     changes how the Client authenticates, only the upstream's own host:port does;
 //   - a 429 is remembered: until its Retry-After has passed, Fetch answers a *StatusError 429 without
 //     contacting the upstream;
 //   - an error wrapping ErrUnavailable for connection errors, timeouts and an open circuit;
@@ -219,12 +233,15 @@ func (c *Client) Fetch(ctx context.Context, r Request) (*http.Response, error) {
 		if resp.StatusCode >= 200 && resp.StatusCode < 300 {
 			return resp, nil
 		}
-		if resp.StatusCode == http.StatusUnauthorized && attempt == 0 {
+		if resp.StatusCode == http.StatusUnauthorized && attempt == 0 && c.ownHost(resp) {
+			// Only the upstream's own host may change how pullgate authenticates: a 401 from a
+			// redirect target (a CDN) is an error for this request, never a reason to send the
+			// upstream's credentials to a realm that the target names.
 			next := parseChallenges(resp.Header.Values("WWW-Authenticate"))
 			retry := false
 			if a.cachedToken {
 				// The token was revoked or expired early: get a fresh one, once.
-				c.dropToken(a.scope, a.token)
+				c.dropToken(a.key, a.token)
 				retry = true
 			}
 			if next.scheme != schemeNone && !next.equal(ch) {
@@ -234,7 +251,7 @@ func (c *Client) Fetch(ctx context.Context, r Request) (*http.Response, error) {
 				retry = true
 			}
 			if retry {
-				drain(resp.Body)
+				c.drain(resp)
 				continue
 			}
 		}
@@ -289,6 +306,25 @@ func (c *Client) requestURL(r Request) (method, kind, u string, err error) {
 	return method, kind, v.String(), nil
 }
 
+// ownHost reports whether resp came from the upstream's own host:port (after any redirects), the only
+// host whose authentication challenges are believed.
+func (c *Client) ownHost(resp *http.Response) bool {
+	return resp.Request != nil && resp.Request.URL != nil && strings.EqualFold(resp.Request.URL.Host, c.base.Host)
+}
+
+// redirectedAway reports whether resp came from another host than the one its request was first sent
+// to.
+func redirectedAway(resp *http.Response) bool {
+	if resp.Request == nil {
+		return false
+	}
+	first := resp.Request
+	for first.Response != nil && first.Response.Request != nil {
+		first = first.Response.Request
+	}
+	return !strings.EqualFold(first.URL.Host, resp.Request.URL.Host)
+}
+
 // endpoint returns the URL of path under the base URL.
 func (c *Client) endpoint(path string) string {
 	v := *c.base
@@ -313,10 +349,19 @@ func (c *Client) rateLimited() error {
 	return &e
 }
 
-// statusError turns a non-2xx response into a *StatusError, remembering a 429.
+// statusError turns a non-2xx response into a *StatusError, remembering a 429. It reads at most
+// maxErrorBody bytes of the body, for at most Timeout, and keeps no code or message from a host that
+// a redirect pointed at.
 func (c *Client) statusError(resp *http.Response) error {
 	now := c.opts.Now()
+	stop := c.limitBodyTime(resp)
 	e := newStatusError(c.opts.Name, resp, now)
+	stop()
+	if redirectedAway(resp) {
+		// The host a redirect pointed at is not the upstream: its words are not passed on (a
+		// redirect to an internal service must not read that service's answers out to clients).
+		e.Code, e.Message = "", ""
+	}
 	if e.Status == http.StatusTooManyRequests {
 		c.mu.Lock()
 		if till := now.Add(e.RetryAfter); till.After(c.limitedTill) || c.limited == nil {
@@ -414,7 +459,8 @@ func (b *cancelBody) Close() error {
 
 // checkRedirect follows up to maxRedirects https redirects and drops Authorization whenever the target
 // is not the host:port that the request was first sent to (the Go client keeps it for same-domain
-// redirects on other ports and for subdomains). Other headers, Range included, are kept.
+// redirects on other ports and for subdomains). Other headers, Range included, are kept. A request
+// with a body (a POST to a token service) is never redirected to another host.
 func checkRedirect(req *http.Request, via []*http.Request) error {
 	if len(via) >= maxRedirects {
 		return fmt.Errorf("stopped after %d redirects", maxRedirects)
@@ -423,6 +469,11 @@ func checkRedirect(req *http.Request, via []*http.Request) error {
 		return fmt.Errorf("refusing redirect to non-https URL %s", redactURL(req.URL))
 	}
 	if !strings.EqualFold(req.URL.Host, via[0].URL.Host) {
+		if req.Method != http.MethodGet && req.Method != http.MethodHead {
+			// A 307/308 would resend the body (an identity token's refresh-token grant) to
+			// another host.
+			return fmt.Errorf("refusing to resend a %s request to another host %s", req.Method, req.URL.Host)
+		}
 		req.Header.Del("Authorization")
 	}
 	return nil
@@ -471,8 +522,26 @@ func (o *observer) RoundTrip(req *http.Request) (*http.Response, error) {
 	return resp, err
 }
 
-// drain reads a little of body, so the connection can be reused, and closes it.
-func drain(body io.ReadCloser) {
-	_, _ = io.Copy(io.Discard, io.LimitReader(body, 64<<10))
-	body.Close()
+// drain reads a little of resp's body, so the connection can be reused, and closes it; it gives up
+// after Timeout.
+func (c *Client) drain(resp *http.Response) {
+	defer c.limitBodyTime(resp)()
+	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, maxDrain))
+	resp.Body.Close()
+}
+
+// errBodyTimeout is the cancel cause of a body that the Client reads itself (an error, a token, a
+// drain) and that did not arrive within Timeout.
+var errBodyTimeout = errors.New("response body not read in time")
+
+// limitBodyTime makes reads of resp's body fail once Timeout has passed, and returns the function
+// that lifts the limit. It is for the small answers the Client reads itself, each also capped in size;
+// the bodies handed to the caller stream without a deadline.
+func (c *Client) limitBodyTime(resp *http.Response) (stop func()) {
+	b, ok := resp.Body.(*cancelBody)
+	if !ok {
+		return func() {}
+	}
+	timer := time.AfterFunc(c.opts.Timeout, func() { b.cancel(errBodyTimeout) })
+	return func() { timer.Stop() }
 }
