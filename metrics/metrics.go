@@ -98,7 +98,7 @@ func New(reg prometheus.Registerer, usage Usage) *Metrics {
 		}, []string{"upstream"}),
 		ConfigReloads: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "pullgate_config_reloads_total",
-			Help: "Reloads of configuration files by file and result; on error the previous content stays in use.",
+			Help: "Reloads of configuration files whose outcome changed (ok after error, error after ok, another error), by file and result; on error the previous content stays in use.",
 		}, []string{"file", "result"}),
 		UpstreamInvalidAnswers: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "pullgate_upstream_invalid_answers_total",

@@ -7,7 +7,6 @@ import (
 	"io"
 	"net/http"
 	"net/url"
-	"regexp"
 	"strings"
 	"sync"
 	"time"
@@ -15,6 +14,8 @@ import (
 	"github.com/google/go-containerregistry/pkg/authn"
 	"golang.org/x/sync/semaphore"
 	"golang.org/x/sync/singleflight"
+
+	"github.com/pullgate/pullgate/names"
 )
 
 // Options configures one upstream. Only Name and URL are required.
@@ -259,11 +260,14 @@ func (c *Client) Fetch(ctx context.Context, r Request) (*http.Response, error) {
 	}
 }
 
-var (
-	repoRE   = regexp.MustCompile(`^[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*)*$`)
-	tagRE    = regexp.MustCompile(`^[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}$`)
-	digestRE = regexp.MustCompile(`^[a-z0-9]+(?:[.+_-][a-z0-9]+)*:[a-zA-Z0-9=_-]+$`)
-)
+// validReference reports whether ref is a tag or a digest pullgate can verify.
+func validReference(ref string) bool {
+	if names.IsDigest(ref) {
+		_, err := names.ParseDigest(ref)
+		return err == nil
+	}
+	return names.ValidateTag(ref) == nil
+}
 
 // requestURL checks r and returns its method, event kind and URL.
 func (c *Client) requestURL(r Request) (method, kind, u string, err error) {
@@ -277,18 +281,18 @@ func (c *Client) requestURL(r Request) (method, kind, u string, err error) {
 	if method != http.MethodGet && method != http.MethodHead {
 		return bad("method %q", method)
 	}
-	if len(r.Repo) > 255 || !repoRE.MatchString(r.Repo) {
+	if names.ValidateRepository(r.Repo) != nil {
 		return bad("repository %q", r.Repo)
 	}
 	path := c.base.Path + "/v2/" + r.Repo + "/"
 	switch r.Kind {
 	case "manifests":
-		if !tagRE.MatchString(r.Ref) && !digestRE.MatchString(r.Ref) {
+		if !validReference(r.Ref) {
 			return bad("reference %q", r.Ref)
 		}
 		kind, path = "manifests", path+"manifests/"+r.Ref
 	case "blobs", "referrers":
-		if !digestRE.MatchString(r.Ref) {
+		if _, err := names.ParseDigest(r.Ref); err != nil {
 			return bad("digest %q", r.Ref)
 		}
 		kind, path = r.Kind, path+r.Kind+"/"+r.Ref
@@ -469,6 +473,12 @@ func checkRedirect(req *http.Request, via []*http.Request) error {
 		return fmt.Errorf("refusing redirect to non-https URL %s", redactURL(req.URL))
 	}
 	if !strings.EqualFold(req.URL.Host, via[0].URL.Host) {
+		if kind, _ := req.Context().Value(kindKey{}).(string); kind == "manifests" || kind == "tags" || kind == "referrers" {
+			// Only content checked against its digest (blobs) may come from another host (a CDN): a hostile
+			// upstream must not make pullgate fetch, and hand to clients as the upstream's, what another https
+			// host (an internal service) answers.
+			return fmt.Errorf("refusing to follow a %s redirect to another host %s", kind, req.URL.Host)
+		}
 		if req.Method != http.MethodGet && req.Method != http.MethodHead {
 			// A 307/308 would resend the body (an identity token's refresh-token grant) to
 			// another host.

@@ -1,6 +1,7 @@
 package upstream
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -607,5 +608,51 @@ func TestDefaultTransportHeaderCap(t *testing.T) {
 	}
 	if tr == http.DefaultTransport {
 		t.Error("the default transport is http.DefaultTransport itself, not a clone")
+	}
+}
+
+// TestRedirectOnlyForBlobs holds that only blobs, whose bytes are checked against their digest, may come from
+// another host: a manifest, tag list or referrers answer redirected elsewhere (an internal https service) is an
+// error, and the other host is never asked.
+func TestRedirectOnlyForBlobs(t *testing.T) {
+	otherRec := &recorder{}
+	other := startTLS(t, otherRec.wrap(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		io.WriteString(w, `{"name":"internal","tags":["secret"]}`)
+	})))
+	u := newUpstream(t, func(reg http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if strings.Contains(r.URL.Path, "/manifests/") || strings.HasSuffix(r.URL.Path, "/tags/list") || strings.Contains(r.URL.Path, "/referrers/") {
+				http.Redirect(w, r, other.URL+"/internal", http.StatusFound)
+				return
+			}
+			reg.ServeHTTP(w, r)
+		})
+	})
+	c := newTestClient(t, u.srv, Options{})
+	tests := []struct {
+		name string
+		req  Request
+	}{
+		{"manifest", manifestReq(u.img)},
+		{"tags", Request{Repo: u.img.repo, Kind: "tags/list"}},
+		{"referrers", Request{Repo: u.img.repo, Kind: "referrers", Ref: u.img.manifest.String()}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			resp, err := c.Fetch(context.Background(), tt.req)
+			if err == nil {
+				resp.Body.Close()
+				t.Fatalf("a %s redirected to another host was followed", tt.name)
+			}
+		})
+	}
+	if n, _ := otherRec.count("/internal"); n != 0 {
+		t.Errorf("the other host was asked %d times", n)
+	}
+	// Blobs still follow redirects to another host (registries send them to a CDN).
+	status, body, err := fetchBody(t, c, Request{Repo: u.img.repo, Kind: "blobs", Ref: u.img.layer.String()})
+	if err != nil || status != http.StatusOK || sha256Hex(body) != u.img.layer.Hex {
+		t.Fatalf("blob: %d, %v", status, err)
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -59,6 +60,7 @@ func newApp(cfg config, specs []upstreamSpec, log *slog.Logger) (*app, error) {
 		if err != nil {
 			return nil, badVar("UPSTREAM_AUTH_FILE", "%v", err)
 		}
+		af.OnReload = a.reloadReporter("upstream_auth")
 		keychain = af
 	}
 	policy, err := proxy.NewPolicy(cfg.Allow, cfg.ImmutableTags)
@@ -99,9 +101,22 @@ func newApp(cfg config, specs []upstreamSpec, log *slog.Logger) (*app, error) {
 	return a, nil
 }
 
-// reloadReporter logs and counts each reload of a configuration file.
+// reloadReporter logs and counts the reloads of a configuration file: each change of outcome once (a file
+// that stays broken, or stays good, is not reported again on every check).
 func (a *app) reloadReporter(file string) func(error) {
+	var mu sync.Mutex
+	last := "ok"
 	return func(err error) {
+		state := "ok"
+		if err != nil {
+			state = err.Error()
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		if state == last {
+			return
+		}
+		last = state
 		if err != nil {
 			a.metrics.ConfigReloads.WithLabelValues(file, "error").Inc()
 			a.log.Error("reloading a configuration file failed; the previous content stays in use", "file", file, "error", err)

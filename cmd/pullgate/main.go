@@ -140,6 +140,8 @@ func upstreamTransport(caFile string) (*http.Transport, error) {
 	t.TLSNextProto = map[string]func(string, *tls.Conn) http.RoundTripper{}
 	// Content is verified byte for byte: never let the transport decompress a body on the way.
 	t.DisableCompression = true
+	// A hostile upstream's headers are read into memory: 1 MiB is plenty for any registry.
+	t.MaxResponseHeaderBytes = 1 << 20
 	if caFile != "" {
 		pem, err := os.ReadFile(caFile)
 		if err != nil {
