@@ -148,3 +148,24 @@ func waitResult(t *testing.T, ch <-chan readResult) readResult {
 		return readResult{}
 	}
 }
+
+// crash closes c as a crash would leave it: without the mark of a clean stop, so that the next Open repairs.
+func crash(t *testing.T, c *Cache) {
+	t.Helper()
+	c.exact.Store(false)
+	if err := c.Close(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// waitRepaired waits for the background repair of c to end, failing the test after a generous deadline.
+func waitRepaired(t *testing.T, c *Cache) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for c.Repairing() {
+		if time.Now().After(deadline) {
+			t.Fatal("repair did not finish")
+		}
+		time.Sleep(time.Millisecond)
+	}
+}

@@ -44,9 +44,7 @@ func TestRepairAtOpen(t *testing.T) {
 	if _, err := w.Write([]byte("part")); err != nil {
 		t.Fatal(err)
 	}
-	if err := c.Close(); err != nil {
-		t.Fatal(err)
-	}
+	crash(t, c)
 
 	// What a crash can leave behind, and a file deleted by hand.
 	if err := os.WriteFile(filepath.Join(dir, "tmp", "sha256-leftover-123"), []byte("junk"), 0o644); err != nil {
@@ -65,6 +63,7 @@ func TestRepairAtOpen(t *testing.T) {
 	}
 
 	c = open(t, dir, clk.Now)
+	waitRepaired(t, c)
 	if n := tempFiles(t, c); len(n) != 0 {
 		t.Errorf("temp files after Open: %v", n)
 	}
@@ -111,13 +110,12 @@ func TestRepairWrongSize(t *testing.T) {
 	dir := t.TempDir()
 	c := open(t, dir, nil)
 	o := put(t, c, []byte("will be truncated"))
-	if err := c.Close(); err != nil {
-		t.Fatal(err)
-	}
+	crash(t, c)
 	if err := os.Truncate(c.Path(o.Digest), 3); err != nil {
 		t.Fatal(err)
 	}
 	c = open(t, dir, nil)
+	waitRepaired(t, c)
 	if _, err := c.Stat(o.Digest); !errors.Is(err, ErrNotFound) {
 		t.Errorf("Stat = %v, want ErrNotFound", err)
 	}

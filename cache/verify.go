@@ -25,33 +25,33 @@ func (c *Cache) Verify(ctx context.Context) ([]Fault, error) {
 		faults = append(faults, Fault{Digest: d, Path: path, Problem: fmt.Sprintf(format, a...)})
 	}
 
-	objs, err := c.objectList()
+	err := c.db.View(func(txn *badger.Txn) error {
+		return c.scanObjects(txn, func(o Object) error {
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+			p := c.Path(o.Digest)
+			size, got, err := hashFile(ctx, p, o.Digest.Algorithm)
+			switch {
+			case errors.Is(err, fs.ErrNotExist):
+				add(o.Digest.String(), p, "index entry without file")
+				return nil
+			case ctx.Err() != nil:
+				return ctx.Err()
+			case err != nil:
+				add(o.Digest.String(), p, "cannot read: %v", err)
+				return nil
+			}
+			if size != o.Size {
+				add(o.Digest.String(), p, "file has %d bytes, index says %d", size, o.Size)
+			} else if got != o.Digest {
+				add(o.Digest.String(), p, "content hashes to %s", got)
+			}
+			return nil
+		})
+	})
 	if err != nil {
-		return nil, err
-	}
-	indexed := make(map[v1.Hash]struct{}, len(objs))
-	for _, o := range objs {
-		indexed[o.Digest] = struct{}{}
-		if err := ctx.Err(); err != nil {
-			return nil, err
-		}
-		p := c.Path(o.Digest)
-		size, got, err := hashFile(ctx, p, o.Digest.Algorithm)
-		switch {
-		case errors.Is(err, fs.ErrNotExist):
-			add(o.Digest.String(), p, "index entry without file")
-			continue
-		case ctx.Err() != nil:
-			return nil, ctx.Err()
-		case err != nil:
-			add(o.Digest.String(), p, "cannot read: %v", err)
-			continue
-		}
-		if size != o.Size {
-			add(o.Digest.String(), p, "file has %d bytes, index says %d", size, o.Size)
-		} else if got != o.Digest {
-			add(o.Digest.String(), p, "content hashes to %s", got)
-		}
+		return nil, fmt.Errorf("cache: scan objects: %w", err)
 	}
 
 	err = c.walkBlobs(func(path string, d v1.Hash, ok bool) error {
@@ -62,10 +62,10 @@ func (c *Cache) Verify(ctx context.Context) ([]Fault, error) {
 			add("", path, "unexpected file in the blobs directory")
 			return nil
 		}
-		if _, ok := indexed[d]; ok {
-			return nil
+		if _, err := c.Stat(d); !errors.Is(err, ErrNotFound) {
+			return err
 		}
-		// It may have been committed since the index was read: ask again, after any install of d ended.
+		// It may be being committed: ask again, after any install of d ended.
 		l := c.lock(d)
 		l.Lock()
 		_, err := c.Stat(d)
