@@ -179,3 +179,42 @@ func TestTouch(t *testing.T) {
 		t.Errorf("Accessed after reopen = %v, %v", got, err)
 	}
 }
+
+func TestTouchBounded(t *testing.T) {
+	tests := []struct {
+		name    string
+		advance time.Duration // between touches
+	}{
+		{name: "all recent", advance: 0},
+		{name: "old ones pruned", advance: time.Second},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			clk := newClock()
+			c := open(t, t.TempDir(), clk.Now)
+			c.touchLimit = 64
+			for i := range 1000 {
+				clk.Advance(tt.advance)
+				c.Touch(sha256Of([]byte{byte(i), byte(i >> 8)}))
+				c.mu.Lock()
+				n := len(c.touched)
+				c.mu.Unlock()
+				if n > c.touchLimit {
+					t.Fatalf("after %d digests Touch remembers %d, over the limit of %d", i+1, n, c.touchLimit)
+				}
+			}
+			// A digest touched right now is still not written twice within the interval.
+			d := sha256Of([]byte("last"))
+			c.Touch(d)
+			first, err := c.Accessed(d)
+			if err != nil {
+				t.Fatal(err)
+			}
+			clk.Advance(time.Second)
+			c.Touch(d)
+			if got, err := c.Accessed(d); err != nil || !got.Equal(first) {
+				t.Errorf("Accessed = %v, %v; want %v (not written again within the interval)", got, err, first)
+			}
+		})
+	}
+}
