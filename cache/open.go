@@ -188,6 +188,11 @@ func (c *Cache) Close() error {
 		c.stopRepair()
 	}
 	c.bg.Wait()
+	// Closing flushes the index's memtable: give it the ballast if the disk filled up since the last check.
+	c.space.stale()
+	if _, err := c.space.take(0, 0); err != nil {
+		c.log.Warn("cache: free space unknown at close", "err", err)
+	}
 	if err := c.db.Close(); err != nil {
 		return fmt.Errorf("cache: close index: %w", err)
 	}
