@@ -1,6 +1,6 @@
 // Command startbench measures how the cache's startup grows with the number of cached objects: for each N it
 // fills a fresh directory with N small objects through the cache's own Writer, then measures, in a child
-// process, the time of cache.Open and the child's peak RSS, once after a clean Close and once after the child
+// process, the time of cache.Open and the child's peak RSS (VmHWM), once after a clean Close and once after the child
 // that had the cache open was killed with SIGKILL (where Open returns at once and the repair runs in the
 // background: its duration and the peak RSS including it are shown too). It prints one markdown table.
 //
@@ -208,14 +208,31 @@ func runChild(dir, mode string) {
 		r.Repair = time.Since(start)
 	}
 	_, r.Objects = c.Usage()
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err == nil {
-		r.MaxRSS = ru.Maxrss << 10 // kilobytes on Linux
-	}
+	r.MaxRSS = peakRSS()
 	if err := c.Close(); err != nil {
 		r.Err = err.Error()
 	}
 	report(r)
+}
+
+// peakRSS returns the peak resident set of this process. It reads VmHWM, which belongs to this program's
+// memory since exec, rather than getrusage's maxrss: Linux carries into maxrss the parent's resident set at the
+// fork, which here is the memory of the process that filled the cache.
+func peakRSS() int64 {
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return -1
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(l, "VmHWM:"); ok {
+			kb, err := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
+			if err != nil {
+				return -1
+			}
+			return kb << 10
+		}
+	}
+	return -1
 }
 
 func report(r result) {
