@@ -54,6 +54,7 @@ type Cache struct {
 	active     map[string]struct{}   // temp file names of writers in progress
 	touched    map[v1.Hash]time.Time // last access time recorded per digest, at most touchLimit entries
 	touchLimit int
+	faultLimit int // maxFaults; smaller in tests
 }
 
 // Open opens (creating if needed) the cache in opts.Dir. It removes temp files. After a clean stop (Close) it
@@ -77,6 +78,7 @@ func Open(opts Options) (*Cache, error) {
 		active:     make(map[string]struct{}),
 		touched:    make(map[v1.Hash]time.Time),
 		touchLimit: touchLimit,
+		faultLimit: maxFaults,
 		space:      &space{dir: opts.Dir, ballast: filepath.Join(opts.Dir, "reserve"), reserve: opts.Reserve, now: opts.Now},
 	}
 	index := filepath.Join(opts.Dir, "index")

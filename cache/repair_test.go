@@ -3,6 +3,7 @@ package cache
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io/fs"
 	"log/slog"
 	"os"
@@ -327,5 +328,22 @@ func TestVerifyStopsWithContext(t *testing.T) {
 	cancel()
 	if _, err := c.Verify(ctx); !errors.Is(err, context.Canceled) {
 		t.Errorf("Verify = %v, want context.Canceled", err)
+	}
+}
+
+func TestVerifyFaultsBounded(t *testing.T) {
+	c := open(t, t.TempDir(), nil)
+	c.faultLimit = 5
+	for i := range 12 {
+		if err := os.WriteFile(filepath.Join(c.dir, "blobs", "sha256", fmt.Sprintf("stray-%d", i)), nil, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	faults, err := c.Verify(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(faults) != 6 || faults[5].Problem != "7 more faults not listed" {
+		t.Errorf("faults = %v; want 5 and one counting the 7 others", faults)
 	}
 }

@@ -15,13 +15,22 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 )
 
+// maxFaults bounds the faults Verify lists.
+const maxFaults = 10_000
+
 // Verify re-hashes every content file and checks that the index and the files agree: an entry without its
 // file, a file without an entry, a wrong size or digest, a tag pointing at a missing object, a stray or
 // leftover temp file. It repairs nothing. It can run while the cache is in use; it reads every byte, so it
-// takes as long as reading the whole cache, and stops with ctx's error when ctx is done.
+// takes as long as reading the whole cache, and stops with ctx's error when ctx is done. It lists at most
+// maxFaults faults, then one that counts the others.
 func (c *Cache) Verify(ctx context.Context) ([]Fault, error) {
 	var faults []Fault
+	unlisted := 0
 	add := func(d, path, format string, a ...any) {
+		if len(faults) >= c.faultLimit {
+			unlisted++
+			return
+		}
 		faults = append(faults, Fault{Digest: d, Path: path, Problem: fmt.Sprintf(format, a...)})
 	}
 
@@ -118,6 +127,9 @@ func (c *Cache) Verify(ctx context.Context) ([]Fault, error) {
 			continue // its writer ended since the listing
 		}
 		add("", p, "leftover temp file")
+	}
+	if unlisted > 0 {
+		faults = append(faults, Fault{Problem: fmt.Sprintf("%d more faults not listed", unlisted)})
 	}
 	return faults, nil
 }
