@@ -37,10 +37,13 @@ func (c *clock) Advance(d time.Duration) {
 	c.t = c.t.Add(d)
 }
 
+// testReserve keeps the tests' ballast files small.
+const testReserve = 1 << 20
+
 // open opens a cache in dir and closes it when the test ends (closing twice is harmless).
 func open(t *testing.T, dir string, now func() time.Time) *Cache {
 	t.Helper()
-	c, err := Open(Options{Dir: dir, Now: now, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	c, err := Open(Options{Dir: dir, Now: now, Reserve: testReserve, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	if err != nil {
 		t.Fatalf("Open: %v", err)
 	}
