@@ -85,6 +85,12 @@ func Open(opts Options) (*Cache, error) {
 	if err := os.MkdirAll(opts.Dir, 0o700); err != nil {
 		return nil, fmt.Errorf("cache: %w", err)
 	}
+	// Give the ballast back first if the disk is nearly full: creating a directory and opening the index need
+	// room.
+	more, err := c.space.take(0, 0)
+	if err != nil {
+		return nil, err
+	}
 	if err := c.makePrivateDirs(index); err != nil {
 		return nil, err
 	}
@@ -92,11 +98,6 @@ func Open(opts Options) (*Cache, error) {
 		return nil, err
 	}
 	clean, err := c.consumeCleanMark()
-	if err != nil {
-		return nil, err
-	}
-	// Give the ballast back before the index opens if the disk is nearly full: badger needs room to open.
-	more, err := c.space.take(0, 0)
 	if err != nil {
 		return nil, err
 	}
@@ -121,12 +122,15 @@ func Open(opts Options) (*Cache, error) {
 
 // makePrivateDirs creates the cache's directories readable by their owner only, and takes the other users'
 // access away from existing ones (content fetched with upstream credentials is not for every local user).
+// The per-algorithm directories are created when content needs them (0700 too).
 func (c *Cache) makePrivateDirs(index string) error {
-	for _, d := range []string{c.blobs, filepath.Join(c.blobs, "sha256"), filepath.Join(c.blobs, "sha512"), c.tmp, index} {
+	for _, d := range []string{c.blobs, c.tmp, index} {
 		if err := os.MkdirAll(d, 0o700); err != nil {
 			return fmt.Errorf("cache: %w", err)
 		}
-		if err := os.Chmod(d, 0o700); err != nil {
+	}
+	for _, d := range []string{c.blobs, filepath.Join(c.blobs, "sha256"), filepath.Join(c.blobs, "sha512"), c.tmp, index} {
+		if err := os.Chmod(d, 0o700); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			return fmt.Errorf("cache: %w", err)
 		}
 	}
