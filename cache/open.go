@@ -79,7 +79,7 @@ func Open(opts Options) (*Cache, error) {
 		touched:    make(map[v1.Hash]time.Time),
 		touchLimit: touchLimit,
 		faultLimit: maxFaults,
-		space:      &space{dir: opts.Dir, ballast: filepath.Join(opts.Dir, "reserve"), reserve: opts.Reserve, now: opts.Now},
+		space:      &space{dir: opts.Dir, ballast: filepath.Join(opts.Dir, "reserve"), reserve: opts.Reserve, now: opts.Now, log: opts.Logger},
 	}
 	index := filepath.Join(opts.Dir, "index")
 	if err := os.MkdirAll(opts.Dir, 0o700); err != nil {

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"log/slog"
 	"os"
 	"sync"
 	"sync/atomic"
@@ -42,6 +43,7 @@ type space struct {
 	ballast string
 	reserve int64 // <= 0: no checks, no ballast
 	now     func() time.Time
+	log     *slog.Logger
 
 	mu   sync.Mutex
 	free int64     // at the last reading
@@ -83,6 +85,7 @@ func (s *space) take(n, floor int64) (more bool, err error) {
 		s.free, s.used, s.at = free, 0, now
 		if free < s.reserve/2 {
 			if freed := s.release(); freed > 0 {
+				s.log.Warn("cache: disk nearly full: gave the index the ballast", "free", free, "ballast", freed, "reserve", s.reserve)
 				s.free += freed
 			}
 		}
