@@ -51,7 +51,8 @@ type Options struct {
 	// Reserve is the free space, in bytes, kept on the filesystem of Dir: a new fill is refused with ErrFull
 	// when it would leave less, index writes when less than half of it would be left, and a ballast file of
 	// half of it is kept to be given back to the index when the disk is full. Zero means DefaultReserve
-	// (64 MiB); negative turns the free-space checks and the ballast off.
+	// (64 MiB) or an eighth of the filesystem's size, whichever is smaller; negative turns the free-space
+	// checks and the ballast off.
 	Reserve int64
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time

@@ -79,7 +79,7 @@ func Open(opts Options) (*Cache, error) {
 		touched:    make(map[v1.Hash]time.Time),
 		touchLimit: touchLimit,
 		faultLimit: maxFaults,
-		space:      &space{dir: opts.Dir, ballast: filepath.Join(opts.Dir, "reserve"), reserve: opts.Reserve, now: opts.Now, log: opts.Logger},
+		space:      newSpace(opts.Dir, opts.Reserve, opts.Now, opts.Logger),
 	}
 	index := filepath.Join(opts.Dir, "index")
 	if err := os.MkdirAll(opts.Dir, 0o700); err != nil {
@@ -87,7 +87,7 @@ func Open(opts Options) (*Cache, error) {
 	}
 	// Give the ballast back first if the disk is nearly full: creating a directory and opening the index need
 	// room.
-	more, err := c.space.take(0, 0)
+	more, err := c.space.refresh()
 	if err != nil {
 		return nil, err
 	}
@@ -144,9 +144,6 @@ func (o Options) withDefaults() Options {
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
-	if o.Reserve == 0 {
-		o.Reserve = DefaultReserve
-	}
 	return o
 }
 
@@ -195,8 +192,7 @@ func (c *Cache) Close() error {
 	}
 	c.bg.Wait()
 	// Closing flushes the index's memtable: give it the ballast if the disk filled up since the last check.
-	c.space.stale()
-	if _, err := c.space.take(0, 0); err != nil {
+	if _, err := c.space.refresh(); err != nil {
 		c.log.Warn("cache: free space unknown at close", "err", err)
 	}
 	if err := c.db.Close(); err != nil {

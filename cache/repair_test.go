@@ -334,6 +334,9 @@ func TestVerifyStopsWithContext(t *testing.T) {
 func TestVerifyFaultsBounded(t *testing.T) {
 	c := open(t, t.TempDir(), nil)
 	c.faultLimit = 5
+	if err := os.MkdirAll(filepath.Join(c.dir, "blobs", "sha256"), 0o700); err != nil {
+		t.Fatal(err)
+	}
 	for i := range 12 {
 		if err := os.WriteFile(filepath.Join(c.dir, "blobs", "sha256", fmt.Sprintf("stray-%d", i)), nil, 0o600); err != nil {
 			t.Fatal(err)

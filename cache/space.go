@@ -6,6 +6,7 @@ import (
 	"io/fs"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -17,9 +18,9 @@ import (
 // ErrFull means that the filesystem of the data directory has too little free space: new content is refused
 // (and, closer to the edge, index writes too) while what is cached is still served. It is wrapped with the
 // free space and the reserve.
-var ErrFull = errors.New("cache: disk full")
+var ErrFull = errors.New("cache: no space left on device")
 
-// DefaultReserve is the free space the cache keeps on its filesystem when Options.Reserve is zero.
+// DefaultReserve is the most free space the cache keeps on its filesystem when Options.Reserve is zero.
 const DefaultReserve = 64 << 20
 
 const (
@@ -27,6 +28,8 @@ const (
 	// wrote a fraction (1/spaceDrift) of the reserve since.
 	spaceInterval = time.Second
 	spaceDrift    = 8
+	// autoReserveShare: with Options.Reserve zero, the reserve is at most this share of the filesystem.
+	autoReserveShare = 8
 	// indexWriteCost is what one index write is counted as against the free space: badger's write-ahead log,
 	// memtable and compactions take a multiple of the key and value.
 	indexWriteCost = 256
@@ -41,9 +44,12 @@ const (
 type space struct {
 	dir     string
 	ballast string
-	reserve int64 // <= 0: no checks, no ballast
+	limit   int64 // the configured reserve; <= 0: no checks, no ballast
+	auto    bool  // the reserve is min(limit, filesystem size / autoReserveShare)
 	now     func() time.Time
 	log     *slog.Logger
+
+	reserve atomic.Int64 // the reserve in force
 
 	mu   sync.Mutex
 	free int64     // at the last reading
@@ -53,49 +59,81 @@ type space struct {
 	filling atomic.Bool // a ballast is being written
 }
 
-// statfs returns the bytes available to the cache on the filesystem of dir.
-func statfs(dir string) (int64, error) {
+func newSpace(dir string, reserve int64, now func() time.Time, log *slog.Logger) *space {
+	s := &space{dir: dir, ballast: filepath.Join(dir, "reserve"), limit: reserve, now: now, log: log}
+	if reserve == 0 {
+		s.limit, s.auto = DefaultReserve, true
+	}
+	s.reserve.Store(s.limit)
+	return s
+}
+
+// statfs returns the bytes available to the cache on the filesystem of dir, and the filesystem's size.
+func statfs(dir string) (free, size int64, err error) {
 	var st syscall.Statfs_t
 	if err := syscall.Statfs(dir, &st); err != nil {
-		return 0, fmt.Errorf("cache: statfs %s: %w", dir, err)
+		return 0, 0, fmt.Errorf("cache: statfs %s: %w", dir, err)
 	}
-	return int64(st.Bavail) * int64(st.Bsize), nil
+	return int64(st.Bavail) * int64(st.Bsize), int64(st.Blocks) * int64(st.Bsize), nil
 }
 
-// fullError says how full the disk is.
-func (s *space) fullError(free, need int64) error {
-	return fmt.Errorf("%w: %d bytes free on the filesystem of %s, %d needed (reserve %d)", ErrFull, free, s.dir, need, s.reserve)
-}
-
-// take counts n bytes about to be written and returns ErrFull (wrapped) when fewer than floor bytes would be
-// left after them. It reads the free space again when the last reading is old or the cache wrote much since.
-// Once the disk is nearly full it gives the ballast back (see release).
-func (s *space) take(n, floor int64) (more bool, err error) {
-	if s.reserve <= 0 {
+// take counts n bytes about to be written and returns ErrFull (wrapped) when less would be left after them
+// than the reserve and ahead more bytes (for index writes: half the reserve). It reads the free space again when
+// the last reading is old or the cache wrote much since. more says that a reading found room for the ballast.
+func (s *space) take(n, ahead int64, index bool) (more bool, err error) {
+	if s.limit <= 0 {
 		return false, nil
 	}
 	now := s.now()
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.at.IsZero() || now.Sub(s.at) >= spaceInterval || now.Before(s.at) || s.used >= s.reserve/spaceDrift {
-		free, err := statfs(s.dir)
-		if err != nil {
+	if s.at.IsZero() || now.Sub(s.at) >= spaceInterval || now.Before(s.at) || s.used >= s.reserve.Load()/spaceDrift {
+		if more, err = s.read(now); err != nil {
 			return false, err
 		}
-		s.free, s.used, s.at = free, 0, now
-		if free < s.reserve/2 {
-			if freed := s.release(); freed > 0 {
-				s.log.Warn("cache: disk nearly full: gave the index the ballast", "free", free, "ballast", freed, "reserve", s.reserve)
-				s.free += freed
-			}
-		}
-		more = s.free >= 2*s.reserve
 	}
-	if left := s.free - s.used - n; left < floor {
-		return more, s.fullError(s.free-s.used, floor)
+	reserve := s.reserve.Load()
+	floor := reserve + ahead
+	if index {
+		floor = reserve / 2
+	}
+	if s.free-s.used-n < floor {
+		return more, fmt.Errorf("%w: %d bytes free on the filesystem of %s, %d needed (reserve %d)", ErrFull, s.free-s.used, s.dir, floor+n, reserve)
 	}
 	s.used += n
 	return more, nil
+}
+
+// refresh reads the free space now (giving the ballast back if the disk is nearly full) and says whether there
+// is room for the ballast.
+func (s *space) refresh() (more bool, err error) {
+	if s.limit <= 0 {
+		return false, nil
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.read(s.now())
+}
+
+// read reads the free space; when the disk is nearly full, it gives the ballast back. s.mu is held.
+func (s *space) read(now time.Time) (more bool, err error) {
+	free, size, err := statfs(s.dir)
+	if err != nil {
+		return false, err
+	}
+	reserve := s.reserve.Load()
+	if s.auto {
+		reserve = min(s.limit, size/autoReserveShare)
+		s.reserve.Store(reserve)
+	}
+	s.free, s.used, s.at = free, 0, now
+	if free < reserve/2 {
+		if freed := s.release(); freed > 0 {
+			s.log.Warn("cache: disk nearly full: gave the index the ballast", "free", free, "ballast", freed, "reserve", reserve)
+			s.free += freed
+		}
+	}
+	return s.free >= 2*reserve, nil
 }
 
 // stale makes the next take read the free space again, after a write failed for want of space.
@@ -107,7 +145,7 @@ func (s *space) stale() {
 
 // release removes the ballast and returns its size, 0 when there was none.
 func (s *space) release() int64 {
-	if s.reserve <= 0 || s.filling.Load() {
+	if s.limit <= 0 || s.filling.Load() {
 		return 0
 	}
 	fi, err := os.Stat(s.ballast)
@@ -121,7 +159,7 @@ func (s *space) release() int64 {
 }
 
 // ballastSize is the size of the ballast file.
-func (s *space) ballastSize() int64 { return s.reserve / 2 }
+func (s *space) ballastSize() int64 { return s.reserve.Load() / 2 }
 
 // hasBallast reports whether a complete ballast file is in place.
 func (s *space) hasBallast() bool {
@@ -132,7 +170,7 @@ func (s *space) hasBallast() bool {
 // fillBallast writes the ballast file with real bytes (so that tmpfs allocates them) unless it is in place or
 // another fill runs. On failure it removes what it wrote.
 func (s *space) fillBallast() error {
-	if s.reserve <= 0 || !s.filling.CompareAndSwap(false, true) {
+	if s.limit <= 0 || !s.filling.CompareAndSwap(false, true) {
 		return nil
 	}
 	defer s.filling.Store(false)
@@ -175,7 +213,7 @@ func writeZeros(path string, n int64) error {
 // reserve and ahead more bytes would be left. When the disk has room again it starts refilling the ballast in
 // the background.
 func (c *Cache) contentRoom(n, ahead int64) error {
-	more, err := c.space.take(n, c.space.reserve+ahead)
+	more, err := c.space.take(n, ahead, false)
 	if more {
 		c.refillBallast()
 	}
@@ -184,7 +222,7 @@ func (c *Cache) contentRoom(n, ahead int64) error {
 
 // indexRoom counts one index write; it returns ErrFull (wrapped) when less than half the reserve would be left.
 func (c *Cache) indexRoom() error {
-	more, err := c.space.take(indexWriteCost, c.space.reserve/2)
+	more, err := c.space.take(indexWriteCost, 0, true)
 	if more {
 		c.refillBallast()
 	}
@@ -193,7 +231,7 @@ func (c *Cache) indexRoom() error {
 
 // refillBallast writes the ballast in a background task (at most one, waited for by Close) if it is missing.
 func (c *Cache) refillBallast() {
-	if c.space.reserve <= 0 || c.space.filling.Load() || c.space.hasBallast() {
+	if c.space.limit <= 0 || c.space.filling.Load() || c.space.hasBallast() {
 		return
 	}
 	c.mu.Lock()

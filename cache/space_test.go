@@ -58,7 +58,7 @@ func fillDisk(t *testing.T, path string) {
 			}
 		}
 	}
-	if free, err := statfs(filepath.Dir(path)); err != nil || free != 0 {
+	if free, _, err := statfs(filepath.Dir(path)); err != nil || free != 0 {
 		t.Fatalf("after filling: %d bytes free, %v", free, err)
 	}
 }
@@ -215,7 +215,7 @@ func TestFullDiskDuringFill(t *testing.T) {
 	if res := waitResult(t, r); !errors.Is(res.err, ErrFull) {
 		t.Errorf("reader got %v, want ErrFull", res.err)
 	}
-	if free, err := statfs(mnt); err != nil || free < 2<<20 {
+	if free, _, err := statfs(mnt); err != nil || free < 2<<20 {
 		t.Errorf("%d bytes free after the refused fill (%v); the reserve was not kept", free, err)
 	}
 	if n := tempFiles(t, c); len(n) != 0 {
@@ -227,5 +227,32 @@ func TestFullDiskDuringFill(t *testing.T) {
 			w.Abort(nil)
 		}
 		t.Errorf("NewWriter of 40 MiB on a 32 MiB disk = %v, want ErrFull", err)
+	}
+}
+
+func TestReserveFitsSmallDisks(t *testing.T) {
+	mnt := tmpfs(t, "32m")
+	c, err := Open(Options{Dir: filepath.Join(mnt, "data"), Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if got := c.space.reserve.Load(); got != 4<<20 {
+		t.Errorf("reserve on a 32 MiB filesystem = %d, want an eighth of it", got)
+	}
+	// A 16 MiB fill fits on the 32 MiB disk: the 64 MiB default alone would refuse everything.
+	data := randomBytes(t, 16<<20)
+	w, err := c.NewWriter(sha256Of(data), "", int64(len(data)))
+	if err != nil {
+		t.Fatalf("NewWriter of 16 MiB on a 32 MiB disk: %v", err)
+	}
+	if _, err := w.Write(data); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.NewWriter(sha256Of([]byte("x")), "", 14<<20); !errors.Is(err, ErrFull) || !strings.Contains(err.Error(), "no space left on device") {
+		t.Errorf("NewWriter of 14 MiB more = %v, want ErrFull (no space left on device)", err)
 	}
 }
