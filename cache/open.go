@@ -45,6 +45,7 @@ type Cache struct {
 	// exact is set once bytes and objects are exact: at Open after a clean stop, or when repair finished.
 	exact     atomic.Bool
 	repairing atomic.Bool
+	repaired  chan struct{} // closed when no repair runs any more
 	// stopRepair cancels the background repair; nil when none was started.
 	stopRepair context.CancelFunc
 	// bg counts background tasks (repair, ballast); Close waits for them. Started under mu, never after Close.
@@ -79,6 +80,7 @@ func Open(opts Options) (*Cache, error) {
 		touched:    make(map[v1.Hash]time.Time),
 		touchLimit: touchLimit,
 		faultLimit: maxFaults,
+		repaired:   make(chan struct{}),
 		space:      newSpace(opts.Dir, opts.Reserve, opts.Now, opts.Logger),
 	}
 	index := filepath.Join(opts.Dir, "index")
@@ -110,6 +112,7 @@ func Open(opts Options) (*Cache, error) {
 		c.bytes.Store(clean.Bytes)
 		c.objects.Store(clean.Objects)
 		c.exact.Store(true)
+		close(c.repaired)
 	} else {
 		c.startRepair()
 	}

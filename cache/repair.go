@@ -97,6 +97,7 @@ func (c *Cache) startRepair() {
 	c.repairing.Store(true)
 	c.bg.Go(func() {
 		defer cancel()
+		defer close(c.repaired)
 		defer c.repairing.Store(false)
 		start := time.Now()
 		st, err := c.repair(ctx, txn)

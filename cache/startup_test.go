@@ -252,3 +252,24 @@ func killNineChild(dir string) {
 		fmt.Println("committed", i)
 	}
 }
+
+func TestVerifyAfterCrashWaitsForRepair(t *testing.T) {
+	dir := t.TempDir()
+	c := open(t, dir, nil)
+	var last Object
+	for i := range 2000 {
+		last = put(t, c, []byte(fmt.Sprintf("object %d", i)))
+	}
+	if err := os.Remove(c.Path(last.Digest)); err != nil {
+		t.Fatal(err)
+	}
+	crash(t, c)
+	c = open(t, dir, nil)
+	faults, err := c.Verify(context.Background())
+	if err != nil || len(faults) != 0 {
+		t.Errorf("Verify right after a crashed Open = %v, %v; want what the repair left: nothing", faults, err)
+	}
+	if c.Repairing() {
+		t.Error("Verify returned while the repair runs")
+	}
+}

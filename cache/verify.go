@@ -21,9 +21,15 @@ const maxFaults = 10_000
 // Verify re-hashes every content file and checks that the index and the files agree: an entry without its
 // file, a file without an entry, a wrong size or digest, a tag pointing at a missing object, a stray or
 // leftover temp file. It repairs nothing. It can run while the cache is in use; it reads every byte, so it
-// takes as long as reading the whole cache, and stops with ctx's error when ctx is done. It lists at most
+// takes as long as reading the whole cache, and stops with ctx's error when ctx is done. It first waits for the
+// repair that Open may have started, so that it reports what the repair left, not what it is fixing. It lists at most
 // maxFaults faults, then one that counts the others.
 func (c *Cache) Verify(ctx context.Context) ([]Fault, error) {
+	select {
+	case <-c.repaired:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
 	var faults []Fault
 	unlisted := 0
 	add := func(d, path, format string, a ...any) {
