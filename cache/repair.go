@@ -102,6 +102,10 @@ func (c *Cache) startRepair() {
 		start := time.Now()
 		st, err := c.repair(ctx, txn)
 		txn.Discard()
+		if errors.Is(err, context.Canceled) {
+			c.log.Info("cache repair stopped by Close; it runs again at the next start")
+			return
+		}
 		if err != nil {
 			c.log.Error("cache repair stopped; it runs again at the next start", "err", err)
 			return
