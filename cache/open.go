@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"log/slog"
 	"os"
@@ -103,6 +104,16 @@ func Open(opts Options) (*Cache, error) {
 	if err != nil {
 		return nil, err
 	}
+	if clean == nil {
+		// A new cache has nothing to repair.
+		fresh, err := c.isNew(index)
+		if err != nil {
+			return nil, err
+		}
+		if fresh {
+			clean = &cleanMark{}
+		}
+	}
 	db, err := badger.Open(badgerOptions(index, c.log))
 	if err != nil {
 		return nil, fmt.Errorf("cache: open index %s: %w", index, err)
@@ -119,7 +130,7 @@ func Open(opts Options) (*Cache, error) {
 	if more {
 		c.refillBallast()
 	}
-	c.log.Info("cache opened", "dir", c.dir, "objects", c.objects.Load(), "bytes", c.bytes.Load(), "clean_stop", clean != nil)
+	c.log.Info("cache opened", "dir", c.dir, "objects", c.objects.Load(), "bytes", c.bytes.Load(), "repair", clean == nil)
 	return c, nil
 }
 
@@ -207,6 +218,37 @@ func (c *Cache) Close() error {
 		}
 	}
 	return nil
+}
+
+// isNew reports whether the cache has neither an index nor content files.
+func (c *Cache) isNew(index string) (bool, error) {
+	for _, d := range []string{index, filepath.Join(c.blobs, "sha256"), filepath.Join(c.blobs, "sha512")} {
+		empty, err := emptyDir(d)
+		if errors.Is(err, fs.ErrNotExist) {
+			continue
+		}
+		if err != nil || !empty {
+			return false, err
+		}
+	}
+	return true, nil
+}
+
+// emptyDir reports whether dir has no entries.
+func emptyDir(dir string) (bool, error) {
+	f, err := os.Open(dir)
+	if err != nil {
+		return false, fmt.Errorf("cache: %w", err)
+	}
+	defer f.Close()
+	names, err := f.Readdirnames(1)
+	if errors.Is(err, io.EOF) {
+		return true, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("cache: %w", err)
+	}
+	return len(names) == 0, nil
 }
 
 // removeTemp removes everything in the temp directory; it runs before any writer exists.

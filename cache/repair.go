@@ -173,9 +173,10 @@ func (c *Cache) repair(ctx context.Context, txn *badger.Txn) (repairStats, error
 		return st, err
 	}
 
-	// Tags and access times of objects that are gone.
+	// Tags and access times (as they were at Open: later ones are their writers' business) of objects that are
+	// gone.
 	for _, kind := range []byte{kindTag, kindAccess} {
-		n, err := c.dropDangling(ctx, kind)
+		n, err := c.dropDangling(ctx, txn, kind)
 		st.entries += n
 		if err != nil {
 			return st, err
@@ -184,11 +185,11 @@ func (c *Cache) repair(ctx context.Context, txn *badger.Txn) (repairStats, error
 	return st, nil
 }
 
-// dropDangling removes the entries of one kind (tags or access times) that name an object not in the index.
-// A tag written again meanwhile is left alone.
-func (c *Cache) dropDangling(ctx context.Context, kind byte) (int, error) {
+// dropDangling removes the entries of one kind (tags or access times) of the snapshot txn that name an object
+// not in the index now. A tag written again since is left alone.
+func (c *Cache) dropDangling(ctx context.Context, txn *badger.Txn, kind byte) (int, error) {
 	n := 0
-	err := c.db.View(func(txn *badger.Txn) error {
+	err := func() error {
 		it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte{kind, sep}, PrefetchValues: kind == kindTag, PrefetchSize: 100})
 		defer it.Close()
 		for it.Rewind(); it.Valid(); it.Next() {
@@ -244,7 +245,7 @@ func (c *Cache) dropDangling(ctx context.Context, kind byte) (int, error) {
 			n++
 		}
 		return nil
-	})
+	}()
 	if err != nil {
 		return n, fmt.Errorf("cache: repair index: %w", err)
 	}

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -271,5 +272,76 @@ func TestVerifyAfterCrashWaitsForRepair(t *testing.T) {
 	}
 	if c.Repairing() {
 		t.Error("Verify returned while the repair runs")
+	}
+}
+
+func TestRepairKeepsNewTags(t *testing.T) {
+	dir := t.TempDir()
+	c := open(t, dir, nil)
+	for i := range 500 {
+		put(t, c, []byte(fmt.Sprintf("object %d", i)))
+	}
+	gone := put(t, c, []byte("manifest whose file is lost"))
+	if err := c.SetTag("docker.io", "library/app", "old", TagEntry{Digest: gone.Digest}); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(c.Path(gone.Digest)); err != nil {
+		t.Fatal(err)
+	}
+	crash(t, c)
+	c = open(t, dir, nil)
+	// Written while the repair runs: a tag whose manifest is not stored yet is not the repair's business.
+	pending := sha256Of([]byte("manifest being fetched"))
+	if err := c.SetTag("docker.io", "library/app", "new", TagEntry{Digest: pending}); err != nil {
+		t.Fatal(err)
+	}
+	waitRepaired(t, c)
+	if _, err := c.Tag("docker.io", "library/app", "new"); err != nil {
+		t.Errorf("tag written after Open = %v, want it kept", err)
+	}
+	if _, err := c.Tag("docker.io", "library/app", "old"); !errors.Is(err, ErrNotFound) {
+		t.Errorf("tag whose manifest was lost in the crash = %v, want ErrNotFound", err)
+	}
+}
+
+func TestNewCacheNeedsNoRepair(t *testing.T) {
+	tests := []struct {
+		name       string
+		orphan     bool
+		wantRepair bool
+	}{
+		{name: "new directory"},
+		{name: "index lost, content left", orphan: true, wantRepair: true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			dir := t.TempDir()
+			var orphan string
+			if tt.orphan {
+				data := []byte("content without an index")
+				orphan = filepath.Join(dir, "blobs", "sha256", sha256Of(data).Hex[:2], sha256Of(data).Hex)
+				if err := os.MkdirAll(filepath.Dir(orphan), 0o700); err != nil {
+					t.Fatal(err)
+				}
+				if err := os.WriteFile(orphan, data, 0o600); err != nil {
+					t.Fatal(err)
+				}
+			}
+			var logs lockedBuffer
+			c, err := Open(Options{Dir: dir, Reserve: testReserve, Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			if want := fmt.Sprintf("repair=%v", tt.wantRepair); !strings.Contains(logs.String(), want) {
+				t.Errorf("Open's log lacks %s:\n%s", want, logs.String())
+			}
+			waitRepaired(t, c)
+			if orphan != "" {
+				if _, err := os.Stat(orphan); !errors.Is(err, fs.ErrNotExist) {
+					t.Errorf("content file without an index entry kept: %v", err)
+				}
+			}
+		})
 	}
 }
