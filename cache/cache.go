@@ -45,8 +45,15 @@ func (e *SizeMismatchError) Error() string {
 // Options configures Open. The zero value of every field but Dir is usable.
 type Options struct {
 	// Dir is the data directory. Content lives in Dir/blobs/<alg>/<first two hex>/<hex>, temp files in
-	// Dir/tmp, the badger index in Dir/index. Required.
+	// Dir/tmp, the badger index in Dir/index, the disk-space ballast in Dir/reserve, and the mark of a clean
+	// stop in Dir/clean. The cache's files are readable by their owner only. Required.
 	Dir string
+	// Reserve is the free space, in bytes, kept on the filesystem of Dir: a new fill is refused with ErrFull
+	// when it would leave less, index writes when less than half of it would be left, and a ballast file of
+	// half of it is kept to be given back to the index when the disk is full. Zero means DefaultReserve
+	// (64 MiB) or an eighth of the filesystem's size, whichever is smaller; negative turns the free-space
+	// checks and the ballast off.
+	Reserve int64
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
 	// Logger receives repair and maintenance messages; nil means slog.Default().

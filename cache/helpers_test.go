@@ -37,10 +37,13 @@ func (c *clock) Advance(d time.Duration) {
 	c.t = c.t.Add(d)
 }
 
+// testReserve keeps the tests' ballast files small.
+const testReserve = 1 << 20
+
 // open opens a cache in dir and closes it when the test ends (closing twice is harmless).
 func open(t *testing.T, dir string, now func() time.Time) *Cache {
 	t.Helper()
-	c, err := Open(Options{Dir: dir, Now: now, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	c, err := Open(Options{Dir: dir, Now: now, Reserve: testReserve, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	if err != nil {
 		t.Fatalf("Open: %v", err)
 	}
@@ -146,5 +149,26 @@ func waitResult(t *testing.T, ch <-chan readResult) readResult {
 	case <-time.After(20 * time.Second):
 		t.Fatal("reader did not finish")
 		return readResult{}
+	}
+}
+
+// crash closes c as a crash would leave it: without the mark of a clean stop, so that the next Open repairs.
+func crash(t *testing.T, c *Cache) {
+	t.Helper()
+	c.exact.Store(false)
+	if err := c.Close(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// waitRepaired waits for the background repair of c to end, failing the test after a generous deadline.
+func waitRepaired(t *testing.T, c *Cache) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for c.Repairing() {
+		if time.Now().After(deadline) {
+			t.Fatal("repair did not finish")
+		}
+		time.Sleep(time.Millisecond)
 	}
 }

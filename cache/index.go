@@ -155,36 +155,13 @@ func (c *Cache) get(k []byte) ([]byte, error) {
 }
 
 func (c *Cache) set(e *badger.Entry) error {
+	if err := c.indexRoom(); err != nil {
+		return err
+	}
 	if err := c.db.Update(func(txn *badger.Txn) error { return txn.SetEntry(e) }); err != nil {
 		return fmt.Errorf("cache: write index: %w", err)
 	}
 	return nil
-}
-
-// objectList returns every object in the index.
-func (c *Cache) objectList() ([]Object, error) {
-	var objs []Object
-	err := c.db.View(func(txn *badger.Txn) error {
-		it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte{kindObject, sep}, PrefetchValues: true, PrefetchSize: 100})
-		defer it.Close()
-		for it.Rewind(); it.Valid(); it.Next() {
-			item := it.Item()
-			d, err := v1.NewHash(string(item.Key()[2:]))
-			if err != nil {
-				return fmt.Errorf("cache: bad object key %q: %w", item.Key(), err)
-			}
-			var o Object
-			if err := item.Value(func(v []byte) (err error) { o, err = decodeObject(d, v); return err }); err != nil {
-				return err
-			}
-			objs = append(objs, o)
-		}
-		return nil
-	})
-	if err != nil {
-		return nil, fmt.Errorf("cache: scan objects: %w", err)
-	}
-	return objs, nil
 }
 
 // Tag returns what the index knows about one tag, or ErrNotFound.
@@ -275,10 +252,7 @@ func (c *Cache) SetMissing(upstream, repo, ref string, until time.Time) error {
 	}
 	ttl := until.Sub(c.now())
 	if ttl <= 0 {
-		if err := c.db.Update(func(txn *badger.Txn) error { return txn.Delete(k) }); err != nil {
-			return fmt.Errorf("cache: write index: %w", err)
-		}
-		return nil
+		return c.update(func(txn *badger.Txn) error { return txn.Delete(k) })
 	}
 	// The expiry is decided against c.now in Missing; badger's TTL (on the real clock) only collects the entry.
 	return c.set(badger.NewEntry(k, encodeTime(until)).WithTTL(ttl + missingGrace))
@@ -305,7 +279,8 @@ func (c *Cache) Missing(upstream, repo, ref string) (bool, error) {
 }
 
 // Touch records that d was served. It writes the index at most once per minute per digest, so it is cheap to
-// call on every request; a failure to record is only logged.
+// call on every request; a failure to record is only logged, and nothing is recorded while the disk is full.
+// It remembers at most touchLimit digests.
 func (c *Cache) Touch(d v1.Hash) {
 	if checkDigest(d) != nil {
 		return
@@ -316,6 +291,9 @@ func (c *Cache) Touch(d v1.Hash) {
 	if ok && now.Sub(last) < touchInterval && !now.Before(last) {
 		c.mu.Unlock()
 		return
+	}
+	if !ok && len(c.touched) >= c.touchLimit {
+		c.pruneTouched(now)
 	}
 	c.touched[d] = now
 	c.mu.Unlock()

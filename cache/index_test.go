@@ -179,3 +179,78 @@ func TestTouch(t *testing.T) {
 		t.Errorf("Accessed after reopen = %v, %v", got, err)
 	}
 }
+
+func TestTouchBounded(t *testing.T) {
+	tests := []struct {
+		name    string
+		advance time.Duration // between touches
+	}{
+		{name: "all recent", advance: 0},
+		{name: "old ones pruned", advance: time.Second},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			clk := newClock()
+			c := open(t, t.TempDir(), clk.Now)
+			c.touchLimit = 64
+			for i := range 1000 {
+				clk.Advance(tt.advance)
+				c.Touch(sha256Of([]byte{byte(i), byte(i >> 8)}))
+				c.mu.Lock()
+				n := len(c.touched)
+				c.mu.Unlock()
+				if n > c.touchLimit {
+					t.Fatalf("after %d digests Touch remembers %d, over the limit of %d", i+1, n, c.touchLimit)
+				}
+			}
+			// A digest touched right now is still not written twice within the interval.
+			d := sha256Of([]byte("last"))
+			c.Touch(d)
+			first, err := c.Accessed(d)
+			if err != nil {
+				t.Fatal(err)
+			}
+			clk.Advance(time.Second)
+			c.Touch(d)
+			if got, err := c.Accessed(d); err != nil || !got.Equal(first) {
+				t.Errorf("Accessed = %v, %v; want %v (not written again within the interval)", got, err, first)
+			}
+		})
+	}
+}
+
+func TestTagPage(t *testing.T) {
+	c := open(t, t.TempDir(), nil)
+	d := put(t, c, []byte("m")).Digest
+	for _, tag := range []string{"v3", "v1", "v2", "latest", "v10"} {
+		if err := c.SetTag("docker.io", "library/app", tag, TagEntry{Digest: d}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := c.SetTag("docker.io", "library/app2", "other", TagEntry{Digest: d}); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name string
+		last string
+		n    int
+		want []string
+		more bool
+	}{
+		{name: "first page", n: 2, want: []string{"latest", "v1"}, more: true},
+		{name: "next page", last: "v1", n: 2, want: []string{"v10", "v2"}, more: true},
+		{name: "last page", last: "v2", n: 2, want: []string{"v3"}},
+		{name: "exact fit", last: "v10", n: 2, want: []string{"v2", "v3"}},
+		{name: "after the end", last: "zzz", n: 2, want: []string{}},
+		{name: "last not a tag", last: "v0", n: 10, want: []string{"v1", "v10", "v2", "v3"}},
+		{name: "zero", n: 0, want: []string{}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, more, err := c.TagPage("docker.io", "library/app", tt.last, tt.n)
+			if err != nil || !slices.Equal(got, tt.want) || more != tt.more {
+				t.Errorf("TagPage(%q, %d) = %v, %v, %v; want %v, %v", tt.last, tt.n, got, more, err, tt.want, tt.more)
+			}
+		})
+	}
+}

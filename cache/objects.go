@@ -80,48 +80,32 @@ func (c *Cache) Stat(d v1.Hash) (Object, error) {
 }
 
 // Content opens the content of d for reading; the caller closes the file. It returns ErrNotFound when d is not
-// cached. A file that vanished from under its index entry is a miss too: the entry is dropped, so that the
-// content can be fetched again.
+// cached. A file that vanished from under its index entry, or that does not have the indexed size, is a miss
+// too: the entry is dropped, so that the content can be fetched again.
 func (c *Cache) Content(d v1.Hash) (*os.File, Object, error) {
 	o, err := c.Stat(d)
 	if err != nil {
 		return nil, Object{}, err
 	}
 	f, err := os.Open(c.Path(d))
-	if errors.Is(err, fs.ErrNotExist) {
-		if err := c.dropStale(d); err != nil {
-			return nil, Object{}, err
-		}
-		return nil, Object{}, fmt.Errorf("cache: file of %s is missing: %w", d, ErrNotFound)
-	}
-	if err != nil {
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return nil, Object{}, fmt.Errorf("cache: %w", err)
 	}
-	return f, o, nil
-}
-
-// dropStale removes d's index entry if its file is still missing.
-func (c *Cache) dropStale(d v1.Hash) error {
-	l := c.lock(d)
-	l.Lock()
-	defer l.Unlock()
-	o, err := c.Stat(d)
-	if errors.Is(err, ErrNotFound) {
-		return nil
+	if err == nil {
+		fi, err := f.Stat()
+		if err != nil {
+			_ = f.Close()
+			return nil, Object{}, fmt.Errorf("cache: %w", err)
+		}
+		if fi.Mode().IsRegular() && fi.Size() == o.Size {
+			return f, o, nil
+		}
+		_ = f.Close()
 	}
-	if err != nil {
-		return err
+	if _, err := c.dropBroken(d); err != nil {
+		return nil, Object{}, err
 	}
-	if _, err := os.Stat(c.Path(d)); !errors.Is(err, fs.ErrNotExist) {
-		return nil
-	}
-	c.log.Warn("cache: removing index entry whose file is missing", "digest", d.String())
-	if err := c.db.Update(func(txn *badger.Txn) error { return txn.Delete(objectKey(d)) }); err != nil {
-		return fmt.Errorf("cache: write index: %w", err)
-	}
-	c.bytes.Add(-o.Size)
-	c.objects.Add(-1)
-	return nil
+	return nil, Object{}, fmt.Errorf("cache: file of %s is missing or damaged: %w", d, ErrNotFound)
 }
 
 // Usage returns the bytes and the number of objects in the index.
@@ -195,7 +179,7 @@ func (c *Cache) ensureDir(dir string) error {
 	if _, err := os.Stat(dir); err == nil {
 		return nil
 	}
-	if err := os.MkdirAll(dir, 0o755); err != nil {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return fmt.Errorf("cache: %w", err)
 	}
 	algDir := filepath.Dir(dir)

@@ -1,8 +1,10 @@
 package cache
 
 import (
+	"context"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"log/slog"
 	"os"
@@ -19,6 +21,10 @@ import (
 // touchInterval is how often Touch records an access time for one digest.
 const touchInterval = time.Minute
 
+// touchLimit bounds the digests Touch remembers (about 100 bytes each): when full, it forgets those recorded
+// more than touchInterval ago, and all of them if that is not enough.
+const touchLimit = 1 << 16
+
 // Cache is the on-disk content store and its index. It is safe for concurrent use. Callers stop using it
 // (and finish or abort every Writer) before Close.
 type Cache struct {
@@ -29,6 +35,7 @@ type Cache struct {
 	log    *slog.Logger
 	db     *badger.DB
 	closed atomic.Bool
+	space  *space
 
 	// locks serialize the installation of one digest (check the index, rename, write the index), striped by
 	// the first byte of the digest so that unrelated commits do not wait for each other's fsyncs.
@@ -36,48 +43,112 @@ type Cache struct {
 
 	bytes   atomic.Int64
 	objects atomic.Int64
+	// exact is set once bytes and objects are exact: at Open after a clean stop, or when repair finished.
+	exact     atomic.Bool
+	repairing atomic.Bool
+	repaired  chan struct{} // closed when no repair runs any more
+	// stopRepair cancels the background repair; nil when none was started.
+	stopRepair context.CancelFunc
+	// bg counts background tasks (repair, ballast); Close waits for them. Started under mu, never after Close.
+	bg sync.WaitGroup
 
-	mu      sync.Mutex
-	active  map[string]struct{}   // temp file names of writers in progress
-	touched map[v1.Hash]time.Time // last access time recorded per digest
+	mu         sync.Mutex
+	active     map[string]struct{}   // temp file names of writers in progress
+	touched    map[v1.Hash]time.Time // last access time recorded per digest, at most touchLimit entries
+	touchLimit int
+	faultLimit int // maxFaults; smaller in tests
 }
 
-// Open opens (creating if needed) the cache in opts.Dir and repairs what a crash may have left: temp files,
-// index entries whose file is gone or has the wrong size (and tags that point at them), and content files that
-// have no index entry. It does not re-hash content (Verify does).
+// Open opens (creating if needed) the cache in opts.Dir. It removes temp files. After a clean stop (Close) it
+// does nothing more, so that it takes the same time whatever the size of the cache. After a crash it returns
+// at once and repairs in the background (see Repairing) what the crash may have left: index entries whose
+// file is gone or has the wrong size (and tags that point at them), and content files that have no index
+// entry; until the repair ends, Usage counts only what it has checked. It does not re-hash content (Verify
+// does). When the disk is full it gives back its ballast, so that the index can open and cached content is
+// served.
 func Open(opts Options) (*Cache, error) {
 	if opts.Dir == "" {
 		return nil, errors.New("cache: Options.Dir is required")
 	}
 	opts = opts.withDefaults()
 	c := &Cache{
-		dir:     opts.Dir,
-		blobs:   filepath.Join(opts.Dir, "blobs"),
-		tmp:     filepath.Join(opts.Dir, "tmp"),
-		now:     opts.Now,
-		log:     opts.Logger,
-		active:  make(map[string]struct{}),
-		touched: make(map[v1.Hash]time.Time),
+		dir:        opts.Dir,
+		blobs:      filepath.Join(opts.Dir, "blobs"),
+		tmp:        filepath.Join(opts.Dir, "tmp"),
+		now:        opts.Now,
+		log:        opts.Logger,
+		active:     make(map[string]struct{}),
+		touched:    make(map[v1.Hash]time.Time),
+		touchLimit: touchLimit,
+		faultLimit: maxFaults,
+		repaired:   make(chan struct{}),
+		space:      newSpace(opts.Dir, opts.Reserve, opts.Now, opts.Logger),
 	}
 	index := filepath.Join(opts.Dir, "index")
-	for _, d := range []string{c.blobs, c.tmp, index} {
-		if err := os.MkdirAll(d, 0o755); err != nil {
-			return nil, fmt.Errorf("cache: %w", err)
-		}
+	if err := os.MkdirAll(opts.Dir, 0o700); err != nil {
+		return nil, fmt.Errorf("cache: %w", err)
+	}
+	// Give the ballast back first if the disk is nearly full: creating a directory and opening the index need
+	// room.
+	more, err := c.space.refresh()
+	if err != nil {
+		return nil, err
+	}
+	if err := c.makePrivateDirs(index); err != nil {
+		return nil, err
 	}
 	if err := c.removeTemp(); err != nil {
 		return nil, err
+	}
+	clean, err := c.consumeCleanMark()
+	if err != nil {
+		return nil, err
+	}
+	if clean == nil {
+		// A new cache has nothing to repair.
+		fresh, err := c.isNew(index)
+		if err != nil {
+			return nil, err
+		}
+		if fresh {
+			clean = &cleanMark{}
+		}
 	}
 	db, err := badger.Open(badgerOptions(index, c.log))
 	if err != nil {
 		return nil, fmt.Errorf("cache: open index %s: %w", index, err)
 	}
 	c.db = db
-	if err := c.repair(); err != nil {
-		_ = db.Close()
-		return nil, err
+	if clean != nil {
+		c.bytes.Store(clean.Bytes)
+		c.objects.Store(clean.Objects)
+		c.exact.Store(true)
+		close(c.repaired)
+	} else {
+		c.startRepair()
 	}
+	if more {
+		c.refillBallast()
+	}
+	c.log.Info("cache opened", "dir", c.dir, "objects", c.objects.Load(), "bytes", c.bytes.Load(), "repair", clean == nil)
 	return c, nil
+}
+
+// makePrivateDirs creates the cache's directories readable by their owner only, and takes the other users'
+// access away from existing ones (content fetched with upstream credentials is not for every local user).
+// The per-algorithm directories are created when content needs them (0700 too).
+func (c *Cache) makePrivateDirs(index string) error {
+	for _, d := range []string{c.blobs, c.tmp, index} {
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			return fmt.Errorf("cache: %w", err)
+		}
+	}
+	for _, d := range []string{c.blobs, filepath.Join(c.blobs, "sha256"), filepath.Join(c.blobs, "sha512"), c.tmp, index} {
+		if err := os.Chmod(d, 0o700); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("cache: %w", err)
+		}
+	}
+	return nil
 }
 
 func (o Options) withDefaults() Options {
@@ -121,15 +192,63 @@ func (l badgerLogger) Debugf(f string, a ...any)   { l.log.Debug(msg(f, a)) }
 
 func msg(f string, a []any) string { return strings.TrimSpace(fmt.Sprintf(f, a...)) }
 
-// Close closes the index. Content files need no closing.
+// Close stops the background repair (if one runs) and closes the index. After a clean stop it records the
+// usage, so that the next Open needs no repair. Content files need no closing.
 func (c *Cache) Close() error {
-	if !c.closed.CompareAndSwap(false, true) {
+	c.mu.Lock()
+	first := c.closed.CompareAndSwap(false, true)
+	c.mu.Unlock()
+	if !first {
 		return nil
+	}
+	if c.stopRepair != nil {
+		c.stopRepair()
+	}
+	c.bg.Wait()
+	// Closing flushes the index's memtable: give it the ballast if the disk filled up since the last check.
+	if _, err := c.space.refresh(); err != nil {
+		c.log.Warn("cache: free space unknown at close", "err", err)
 	}
 	if err := c.db.Close(); err != nil {
 		return fmt.Errorf("cache: close index: %w", err)
 	}
+	if c.exact.Load() {
+		if err := c.writeCleanMark(); err != nil {
+			c.log.Warn("cache: could not mark the stop as clean; the next start repairs", "err", err)
+		}
+	}
 	return nil
+}
+
+// isNew reports whether the cache has neither an index nor content files.
+func (c *Cache) isNew(index string) (bool, error) {
+	for _, d := range []string{index, filepath.Join(c.blobs, "sha256"), filepath.Join(c.blobs, "sha512")} {
+		empty, err := emptyDir(d)
+		if errors.Is(err, fs.ErrNotExist) {
+			continue
+		}
+		if err != nil || !empty {
+			return false, err
+		}
+	}
+	return true, nil
+}
+
+// emptyDir reports whether dir has no entries.
+func emptyDir(dir string) (bool, error) {
+	f, err := os.Open(dir)
+	if err != nil {
+		return false, fmt.Errorf("cache: %w", err)
+	}
+	defer f.Close()
+	names, err := f.Readdirnames(1)
+	if errors.Is(err, io.EOF) {
+		return true, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("cache: %w", err)
+	}
+	return len(names) == 0, nil
 }
 
 // removeTemp removes everything in the temp directory; it runs before any writer exists.
@@ -145,111 +264,6 @@ func (c *Cache) removeTemp() error {
 		}
 		c.log.Info("cache repair: removed temp file", "path", p)
 	}
-	return nil
-}
-
-// repair makes the index and the content files agree, then computes the usage.
-func (c *Cache) repair() error {
-	objs, err := c.objectList()
-	if err != nil {
-		return err
-	}
-	live := make(map[v1.Hash]struct{}, len(objs))
-	var gone [][]byte
-	var bytes, count int64
-	for _, o := range objs {
-		fi, err := os.Stat(c.Path(o.Digest))
-		switch {
-		case errors.Is(err, fs.ErrNotExist):
-			c.log.Warn("cache repair: removing index entry whose file is missing", "digest", o.Digest.String())
-			gone = append(gone, objectKey(o.Digest))
-			continue
-		case err != nil:
-			return fmt.Errorf("cache: %w", err)
-		case !fi.Mode().IsRegular():
-			return fmt.Errorf("cache: %s is not a regular file", c.Path(o.Digest))
-		case fi.Size() != o.Size:
-			// Files are renamed into place only when complete, so this is damage from outside: do not serve it.
-			c.log.Warn("cache repair: removing content file of the wrong size", "digest", o.Digest.String(), "size", fi.Size(), "want", o.Size)
-			if err := os.Remove(c.Path(o.Digest)); err != nil {
-				return fmt.Errorf("cache: %w", err)
-			}
-			gone = append(gone, objectKey(o.Digest))
-			continue
-		}
-		live[o.Digest] = struct{}{}
-		bytes += o.Size
-		count++
-	}
-
-	// Content files with no index entry: a crash between the rename and the index write.
-	err = c.walkBlobs(func(path string, d v1.Hash, ok bool) error {
-		if !ok {
-			c.log.Warn("cache repair: leaving unexpected file in the blobs directory", "path", path)
-			return nil
-		}
-		if _, indexed := live[d]; indexed {
-			return nil
-		}
-		c.log.Warn("cache repair: removing content file that has no index entry", "path", path)
-		if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
-			return fmt.Errorf("cache: %w", err)
-		}
-		return nil
-	})
-	if err != nil {
-		return err
-	}
-
-	// Tags and access times of objects that are gone.
-	err = c.db.View(func(txn *badger.Txn) error {
-		it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte{kindTag, sep}, PrefetchValues: false})
-		defer it.Close()
-		for it.Rewind(); it.Valid(); it.Next() {
-			var e TagEntry
-			if err := it.Item().Value(func(v []byte) error { return decodeTag(v, &e) }); err != nil {
-				return err
-			}
-			if _, ok := live[e.Digest]; !ok {
-				k := it.Item().KeyCopy(nil)
-				c.log.Warn("cache repair: removing tag whose manifest is gone", "key", printableKey(k), "digest", e.Digest.String())
-				gone = append(gone, k)
-			}
-		}
-		return nil
-	})
-	if err != nil {
-		return fmt.Errorf("cache: scan tags: %w", err)
-	}
-	err = c.db.View(func(txn *badger.Txn) error {
-		it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte{kindAccess, sep}})
-		defer it.Close()
-		for it.Rewind(); it.Valid(); it.Next() {
-			d, err := v1.NewHash(string(it.Item().Key()[2:]))
-			if _, ok := live[d]; err != nil || !ok {
-				gone = append(gone, it.Item().KeyCopy(nil))
-			}
-		}
-		return nil
-	})
-	if err != nil {
-		return fmt.Errorf("cache: scan access times: %w", err)
-	}
-	if len(gone) > 0 {
-		wb := c.db.NewWriteBatch()
-		defer wb.Cancel()
-		for _, k := range gone {
-			if err := wb.Delete(k); err != nil {
-				return fmt.Errorf("cache: repair index: %w", err)
-			}
-		}
-		if err := wb.Flush(); err != nil {
-			return fmt.Errorf("cache: repair index: %w", err)
-		}
-	}
-	c.bytes.Store(bytes)
-	c.objects.Store(count)
-	c.log.Info("cache opened", "dir", c.dir, "objects", count, "bytes", bytes, "index_entries_removed", len(gone))
 	return nil
 }
 

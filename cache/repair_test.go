@@ -3,6 +3,7 @@ package cache
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io/fs"
 	"log/slog"
 	"os"
@@ -44,9 +45,7 @@ func TestRepairAtOpen(t *testing.T) {
 	if _, err := w.Write([]byte("part")); err != nil {
 		t.Fatal(err)
 	}
-	if err := c.Close(); err != nil {
-		t.Fatal(err)
-	}
+	crash(t, c)
 
 	// What a crash can leave behind, and a file deleted by hand.
 	if err := os.WriteFile(filepath.Join(dir, "tmp", "sha256-leftover-123"), []byte("junk"), 0o644); err != nil {
@@ -65,6 +64,7 @@ func TestRepairAtOpen(t *testing.T) {
 	}
 
 	c = open(t, dir, clk.Now)
+	waitRepaired(t, c)
 	if n := tempFiles(t, c); len(n) != 0 {
 		t.Errorf("temp files after Open: %v", n)
 	}
@@ -111,13 +111,12 @@ func TestRepairWrongSize(t *testing.T) {
 	dir := t.TempDir()
 	c := open(t, dir, nil)
 	o := put(t, c, []byte("will be truncated"))
-	if err := c.Close(); err != nil {
-		t.Fatal(err)
-	}
+	crash(t, c)
 	if err := os.Truncate(c.Path(o.Digest), 3); err != nil {
 		t.Fatal(err)
 	}
 	c = open(t, dir, nil)
+	waitRepaired(t, c)
 	if _, err := c.Stat(o.Digest); !errors.Is(err, ErrNotFound) {
 		t.Errorf("Stat = %v, want ErrNotFound", err)
 	}
@@ -329,5 +328,25 @@ func TestVerifyStopsWithContext(t *testing.T) {
 	cancel()
 	if _, err := c.Verify(ctx); !errors.Is(err, context.Canceled) {
 		t.Errorf("Verify = %v, want context.Canceled", err)
+	}
+}
+
+func TestVerifyFaultsBounded(t *testing.T) {
+	c := open(t, t.TempDir(), nil)
+	c.faultLimit = 5
+	if err := os.MkdirAll(filepath.Join(c.dir, "blobs", "sha256"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 12 {
+		if err := os.WriteFile(filepath.Join(c.dir, "blobs", "sha256", fmt.Sprintf("stray-%d", i)), nil, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	faults, err := c.Verify(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(faults) != 6 || faults[5].Problem != "7 more faults not listed" {
+		t.Errorf("faults = %v; want 5 and one counting the 7 others", faults)
 	}
 }

@@ -15,43 +15,58 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 )
 
+// maxFaults bounds the faults Verify lists.
+const maxFaults = 10_000
+
 // Verify re-hashes every content file and checks that the index and the files agree: an entry without its
 // file, a file without an entry, a wrong size or digest, a tag pointing at a missing object, a stray or
 // leftover temp file. It repairs nothing. It can run while the cache is in use; it reads every byte, so it
-// takes as long as reading the whole cache, and stops with ctx's error when ctx is done.
+// takes as long as reading the whole cache, and stops with ctx's error when ctx is done. It first waits for the
+// repair that Open may have started, so that it reports what the repair left, not what it is fixing. It lists at most
+// maxFaults faults, then one that counts the others.
 func (c *Cache) Verify(ctx context.Context) ([]Fault, error) {
+	select {
+	case <-c.repaired:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
 	var faults []Fault
+	unlisted := 0
 	add := func(d, path, format string, a ...any) {
+		if len(faults) >= c.faultLimit {
+			unlisted++
+			return
+		}
 		faults = append(faults, Fault{Digest: d, Path: path, Problem: fmt.Sprintf(format, a...)})
 	}
 
-	objs, err := c.objectList()
+	err := c.db.View(func(txn *badger.Txn) error {
+		return c.scanObjects(txn, func(o Object) error {
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+			p := c.Path(o.Digest)
+			size, got, err := hashFile(ctx, p, o.Digest.Algorithm)
+			switch {
+			case errors.Is(err, fs.ErrNotExist):
+				add(o.Digest.String(), p, "index entry without file")
+				return nil
+			case ctx.Err() != nil:
+				return ctx.Err()
+			case err != nil:
+				add(o.Digest.String(), p, "cannot read: %v", err)
+				return nil
+			}
+			if size != o.Size {
+				add(o.Digest.String(), p, "file has %d bytes, index says %d", size, o.Size)
+			} else if got != o.Digest {
+				add(o.Digest.String(), p, "content hashes to %s", got)
+			}
+			return nil
+		})
+	})
 	if err != nil {
-		return nil, err
-	}
-	indexed := make(map[v1.Hash]struct{}, len(objs))
-	for _, o := range objs {
-		indexed[o.Digest] = struct{}{}
-		if err := ctx.Err(); err != nil {
-			return nil, err
-		}
-		p := c.Path(o.Digest)
-		size, got, err := hashFile(ctx, p, o.Digest.Algorithm)
-		switch {
-		case errors.Is(err, fs.ErrNotExist):
-			add(o.Digest.String(), p, "index entry without file")
-			continue
-		case ctx.Err() != nil:
-			return nil, ctx.Err()
-		case err != nil:
-			add(o.Digest.String(), p, "cannot read: %v", err)
-			continue
-		}
-		if size != o.Size {
-			add(o.Digest.String(), p, "file has %d bytes, index says %d", size, o.Size)
-		} else if got != o.Digest {
-			add(o.Digest.String(), p, "content hashes to %s", got)
-		}
+		return nil, fmt.Errorf("cache: scan objects: %w", err)
 	}
 
 	err = c.walkBlobs(func(path string, d v1.Hash, ok bool) error {
@@ -62,10 +77,10 @@ func (c *Cache) Verify(ctx context.Context) ([]Fault, error) {
 			add("", path, "unexpected file in the blobs directory")
 			return nil
 		}
-		if _, ok := indexed[d]; ok {
-			return nil
+		if _, err := c.Stat(d); !errors.Is(err, ErrNotFound) {
+			return err
 		}
-		// It may have been committed since the index was read: ask again, after any install of d ended.
+		// It may be being committed: ask again, after any install of d ended.
 		l := c.lock(d)
 		l.Lock()
 		_, err := c.Stat(d)
@@ -118,6 +133,9 @@ func (c *Cache) Verify(ctx context.Context) ([]Fault, error) {
 			continue // its writer ended since the listing
 		}
 		add("", p, "leftover temp file")
+	}
+	if unlisted > 0 {
+		faults = append(faults, Fault{Problem: fmt.Sprintf("%d more faults not listed", unlisted)})
 	}
 	return faults, nil
 }

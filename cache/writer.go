@@ -53,7 +53,9 @@ type Writer struct {
 }
 
 // NewWriter starts storing content that should hash to d. size is the announced size, or -1 when unknown.
-// It returns ErrUnsupportedDigest for an algorithm other than sha256 and sha512.
+// It returns ErrUnsupportedDigest for an algorithm other than sha256 and sha512, and ErrFull (wrapped) when
+// storing size bytes would leave less than the reserve free; Write fails the same way for content of unknown
+// size.
 func (c *Cache) NewWriter(d v1.Hash, mediaType string, size int64) (*Writer, error) {
 	if err := checkDigest(d); err != nil {
 		return nil, err
@@ -64,11 +66,14 @@ func (c *Cache) NewWriter(d v1.Hash, mediaType string, size int64) (*Writer, err
 	if size < 0 {
 		size = -1
 	}
+	if err := c.contentRoom(0, max(size, 0)); err != nil {
+		return nil, err
+	}
 	f, err := os.CreateTemp(c.tmp, d.Algorithm+"-"+d.Hex[:16]+"-*")
 	if err != nil {
-		return nil, fmt.Errorf("cache: %w", err)
+		return nil, fmt.Errorf("cache: %w", c.noSpace(err))
 	}
-	if err := f.Chmod(0o644); err != nil {
+	if err := f.Chmod(0o600); err != nil {
 		_ = f.Close()
 		_ = os.Remove(f.Name())
 		return nil, fmt.Errorf("cache: %w", err)
@@ -103,6 +108,10 @@ func (w *Writer) Write(p []byte) (int, error) {
 		w.fail(err)
 		return 0, err
 	}
+	if err := w.c.contentRoom(int64(len(p)), 0); err != nil {
+		w.fail(err)
+		return 0, err
+	}
 	n, err := w.f.Write(p)
 	w.h.Write(p[:n])
 	w.mu.Lock()
@@ -110,7 +119,7 @@ func (w *Writer) Write(p []byte) (int, error) {
 	w.announce()
 	w.mu.Unlock()
 	if err != nil {
-		err = fmt.Errorf("cache: write %s: %w", w.digest, err)
+		err = fmt.Errorf("cache: write %s: %w", w.digest, w.c.noSpace(err))
 		w.fail(err)
 		return n, err
 	}
@@ -159,7 +168,7 @@ func (w *Writer) Commit() (Object, error) {
 	}
 	w.f = nil
 	if err != nil {
-		err = fmt.Errorf("cache: %w", err)
+		err = fmt.Errorf("cache: %w", w.c.noSpace(err))
 		w.fail(err)
 		return Object{}, err
 	}

@@ -86,8 +86,8 @@ func TestRoundTrip(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if fi.Mode().Perm() != 0o644 {
-				t.Errorf("file mode %v, want 0644", fi.Mode().Perm())
+			if fi.Mode().Perm() != 0o600 {
+				t.Errorf("file mode %v, want 0600 (content may have been fetched with credentials)", fi.Mode().Perm())
 			}
 			if n := tempFiles(t, c); len(n) != 0 {
 				t.Errorf("temp files left: %v", n)
