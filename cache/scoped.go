@@ -42,16 +42,12 @@ func (c *Cache) LinkDescriptor(upstream, repo string, d v1.Hash, size int64) err
 
 // linkKeep writes an empty link unless one exists already, so that a declared size is not forgotten.
 func (c *Cache) linkKeep(k []byte) error {
-	err := c.db.Update(func(txn *badger.Txn) error {
+	return c.update(func(txn *badger.Txn) error {
 		if _, err := txn.Get(k); err == nil || !errors.Is(err, badger.ErrKeyNotFound) {
 			return err
 		}
 		return txn.Set(k, nil)
 	})
-	if err != nil {
-		return fmt.Errorf("cache: write index: %w", err)
-	}
-	return nil
 }
 
 // LinkedSize returns the size a manifest of the repository declared for d: ok is false when d is not linked
@@ -93,7 +89,7 @@ func (c *Cache) SetImmutableTag(upstream, repo, tag string, e TagEntry) (TagEntr
 	l.Lock()
 	defer l.Unlock()
 	cur := e
-	err = c.db.Update(func(txn *badger.Txn) error {
+	err = c.update(func(txn *badger.Txn) error {
 		item, err := txn.Get(k)
 		switch {
 		case errors.Is(err, badger.ErrKeyNotFound):
@@ -112,7 +108,7 @@ func (c *Cache) SetImmutableTag(upstream, repo, tag string, e TagEntry) (TagEntr
 		return txn.Set(k, encodeTag(cur))
 	})
 	if err != nil {
-		return TagEntry{}, fmt.Errorf("cache: write index: %w", err)
+		return TagEntry{}, err
 	}
 	return cur, nil
 }
@@ -174,6 +170,9 @@ func (c *Cache) deletePrefix(prefix []byte) (int, error) {
 	})
 	if err != nil {
 		return 0, fmt.Errorf("cache: read index: %w", err)
+	}
+	if err := c.indexRoom(); err != nil {
+		return 0, err
 	}
 	wb := c.db.NewWriteBatch()
 	defer wb.Cancel()

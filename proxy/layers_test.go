@@ -1,9 +1,11 @@
 package proxy
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"errors"
+	"fmt"
 	"net/http"
 	"strings"
 	"testing"
@@ -11,6 +13,7 @@ import (
 
 	"github.com/google/go-containerregistry/pkg/v1/random"
 
+	"github.com/pullgate/pullgate/cache"
 	"github.com/pullgate/pullgate/upstream"
 )
 
@@ -184,6 +187,32 @@ func TestStalledReaderIsCutOff(t *testing.T) {
 				}
 				return n == 2
 			})
+		})
+	}
+}
+
+// TestErrorMapping holds what a client is told for local and upstream failures that are not its fault: a full
+// disk is a 503 that says so (and never a 404 or a 500, nor a local path).
+func TestErrorMapping(t *testing.T) {
+	tests := []struct {
+		name   string
+		err    error
+		status int
+		code   code
+	}{
+		{"cache full", fmt.Errorf("storing a blob: %w", fmt.Errorf("%w: 12 bytes free on the filesystem of /var/lib/pullgate", cache.ErrFull)), http.StatusServiceUnavailable, codeUnavailable},
+		{"upstream down", fmt.Errorf("x: %w", upstream.ErrUnavailable), http.StatusServiceUnavailable, codeUnavailable},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ae := toAPIError(tt.err, kindBlobs)
+			st := cmp.Or(ae.status, status[ae.code])
+			if st != tt.status || ae.code != tt.code {
+				t.Fatalf("%v -> %d %s, want %d %s", tt.err, st, ae.code, tt.status, tt.code)
+			}
+			if strings.Contains(ae.message, "/var/lib") {
+				t.Fatalf("message %q shows a local path", ae.message)
+			}
 		})
 	}
 }

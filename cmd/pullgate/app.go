@@ -72,7 +72,7 @@ func newApp(cfg config, specs []upstreamSpec, log *slog.Logger) (*app, error) {
 		return nil, err
 	}
 
-	a.cache, err = cache.Open(cache.Options{Dir: cfg.DataDir, Logger: log})
+	a.cache, err = cache.Open(cache.Options{Dir: cfg.DataDir, Logger: log, Reserve: cfg.CacheReserve})
 	if err != nil {
 		return nil, fmt.Errorf("opening the cache in %s: %w", cfg.DataDir, err)
 	}

@@ -40,6 +40,7 @@ type config struct {
 	AbandonGrace             time.Duration `env:"ABANDON_GRACE" envDefault:"30s"`
 	RangeWait                time.Duration `env:"RANGE_WAIT" envDefault:"30s"`
 	Prefetch                 int           `env:"PREFETCH" envDefault:"4"`
+	CacheReserve             int64         `env:"CACHE_RESERVE" envDefault:"0"`
 	Offline                  string        `env:"OFFLINE" envDefault:"false"`
 	TagTTL                   time.Duration `env:"TAG_TTL" envDefault:"5m"`
 	NegativeTTL              time.Duration `env:"NEGATIVE_TTL" envDefault:"30s"`
