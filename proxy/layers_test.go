@@ -158,7 +158,7 @@ func TestStalledReaderIsCutOff(t *testing.T) {
 	}{{"HTTP/2", true}, {"HTTP/1.1", false}}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			e := newEnv(t, func(o *Options) { o.WriteTimeout = 100 * time.Millisecond })
+			e := newEnv(t, func(o *Options) { o.WriteTimeout = time.Second })
 			blob, d := layerBlob(t, 32<<20)
 			e.up.pushBlob(t, "team/app", blob, d)
 			path := "/v2/team/app/blobs/" + d.String()
