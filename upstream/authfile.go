@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/authn"
+
+	"github.com/pullgate/pullgate/names"
 )
 
 // AuthFile is an authn.Keychain backed by a .dockerconfigjson file: the format of a Kubernetes
@@ -242,9 +244,8 @@ func normalizeRegistry(key string) (string, error) {
 	}) {
 		return "", errors.New("not a registry host")
 	}
-	switch s {
-	case "docker.io", "index.docker.io", "registry-1.docker.io", "registry.hub.docker.com":
-		return "docker.io", nil
+	if names.IsDockerHub(s) {
+		return names.DefaultRegistry, nil
 	}
 	return s, nil
 }
