@@ -837,7 +837,8 @@ func TestPrefetch(t *testing.T) {
 		img := randomImage(t, 5)
 		e.up.push(t, "team/many:v1", img)
 		hold := make(chan struct{})
-		defer close(hold)
+		release := sync.OnceFunc(func() { close(hold) })
+		defer release()
 		e.up.setFault(func(w http.ResponseWriter, r *http.Request) bool {
 			if r.Method == http.MethodGet && routeKind(r.URL.Path) == "blobs" {
 				select {
@@ -852,8 +853,16 @@ func TestPrefetch(t *testing.T) {
 		if resp, _ := e.get("/v2/local/team/many/manifests/v1"); resp.StatusCode != 200 {
 			t.Fatalf("manifest: %d", resp.StatusCode)
 		}
-		if got := e.counter(e.m.Prefetches.WithLabelValues("local")); got != 2 {
-			t.Errorf("prefetches = %v, want 2", got)
+		prefetches := func() float64 { return e.counter(e.m.Prefetches.WithLabelValues("local")) }
+		waitFor(t, "two prefetches", func() bool { return prefetches() >= 2 })
+		if got := e.up.count("GET blobs"); got > 2 {
+			t.Errorf("%d blob GETs in flight, want at most PrefetchConcurrency (2)", got)
 		}
+		if got := prefetches(); got != 2 {
+			t.Errorf("prefetches = %v while two are held, want 2", got)
+		}
+		// As slots free up, the rest of the image's blobs (config and five layers) are prefetched too.
+		release()
+		waitFor(t, "every blob of the image prefetched", func() bool { return prefetches() == 6 })
 	})
 }

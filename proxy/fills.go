@@ -41,6 +41,7 @@ type fills struct {
 	all      *semaphore.Weighted            // MaxFills
 	upstream map[string]*semaphore.Weighted // MaxFillsPerUpstream, by upstream name (configured ones only)
 	prefetch map[string]*semaphore.Weighted // PrefetchConcurrency, by upstream name
+	queued   map[string]int                 // prefetch runs waiting or running, by upstream name
 }
 
 // fill is one download. Its state moves once from starting to streaming (ready closed) and once to ended

@@ -90,8 +90,8 @@ type Options struct {
 	// Zero means 30 seconds.
 	RangeWait time.Duration
 	// PrefetchConcurrency is how many blobs of image manifests fetched from one upstream are prefetched at
-	// once (config and layers, before a client asks); blobs beyond it are left for clients to fill. Zero means
-	// 4; a negative value disables prefetching.
+	// once (config and layers, before a client asks); the rest start as those finish. Zero means
+	// 8; a negative value disables prefetching.
 	PrefetchConcurrency int
 	// Policy decides which repositories may be pulled and which tags are immutable. Zero allows everything.
 	Policy Policy
@@ -142,7 +142,7 @@ func (o Options) withDefaults() Options {
 		o.RangeWait = 30 * time.Second
 	}
 	if o.PrefetchConcurrency == 0 {
-		o.PrefetchConcurrency = 4
+		o.PrefetchConcurrency = 8
 	}
 	if o.afterFunc == nil {
 		o.afterFunc = func(d time.Duration, f func()) func() bool { return time.AfterFunc(d, f).Stop }

@@ -39,7 +39,7 @@ type config struct {
 	FillWait                 time.Duration `env:"FILL_WAIT" envDefault:"30s"`
 	AbandonGrace             time.Duration `env:"ABANDON_GRACE" envDefault:"30s"`
 	RangeWait                time.Duration `env:"RANGE_WAIT" envDefault:"30s"`
-	Prefetch                 int           `env:"PREFETCH" envDefault:"4"`
+	Prefetch                 int           `env:"PREFETCH" envDefault:"8"`
 	CacheReserve             int64         `env:"CACHE_RESERVE" envDefault:"0"`
 	Offline                  string        `env:"OFFLINE" envDefault:"false"`
 	TagTTL                   time.Duration `env:"TAG_TTL" envDefault:"5m"`
