@@ -267,15 +267,20 @@ func BigLayer(size int64, seed uint64) (v1.Layer, error) {
 }
 
 // BigImage makes an OCI image whose only layer is BigLayer(size, seed).
-func BigImage(size int64, seed uint64) (v1.Image, error) {
-	l, err := BigLayer(size, seed)
-	if err != nil {
-		return nil, err
-	}
+func BigImage(size int64, seed uint64) (v1.Image, error) { return LayeredImage(1, size, seed) }
+
+// LayeredImage makes an OCI image for this machine's platform of n uncompressed layers, BigLayer(size, seed),
+// BigLayer(size, seed+1), and so on.
+func LayeredImage(n int, size int64, seed uint64) (v1.Image, error) {
 	img := mutate.ConfigMediaType(mutate.MediaType(empty.Image, types.OCIManifestSchema1), types.OCIConfigJSON)
-	img, err = mutate.AppendLayers(img, l)
-	if err != nil {
-		return nil, err
+	for i := range n {
+		l, err := BigLayer(size, seed+uint64(i))
+		if err != nil {
+			return nil, err
+		}
+		if img, err = mutate.AppendLayers(img, l); err != nil {
+			return nil, err
+		}
 	}
 	cf, err := img.ConfigFile()
 	if err != nil {

@@ -30,14 +30,6 @@ func bareProxy(target string, pool *x509.CertPool, certFile, keyFile string) (st
 	if err != nil {
 		return "", nil, err
 	}
-	cert, err := tls.LoadX509KeyPair(certFile, keyFile)
-	if err != nil {
-		return "", nil, err
-	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return "", nil, err
-	}
 	rt := http1Transport(pool)
 	rp := &httputil.ReverseProxy{
 		Rewrite:   func(r *httputil.ProxyRequest) { r.SetURL(u) },
@@ -46,14 +38,32 @@ func bareProxy(target string, pool *x509.CertPool, certFile, keyFile string) (st
 			http.Error(w, `{"errors":[{"code":"UNAVAILABLE","message":"bare proxy: upstream failed"}]}`, http.StatusBadGateway)
 		},
 	}
+	base, stop, err := serveTLS(rp, certFile, keyFile)
+	if err != nil {
+		return "", nil, err
+	}
+	return base, func() {
+		stop()
+		rt.CloseIdleConnections()
+	}, nil
+}
+
+// serveTLS serves h on a loopback port over TLS (HTTP/2 and HTTP/1.1) with certFile/keyFile, and returns its URL
+// and a function that stops it.
+func serveTLS(h http.Handler, certFile, keyFile string) (string, func(), error) {
+	cert, err := tls.LoadX509KeyPair(certFile, keyFile)
+	if err != nil {
+		return "", nil, err
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", nil, err
+	}
 	srv := &http.Server{
-		Handler:           rp,
+		Handler:           h,
 		TLSConfig:         &tls.Config{Certificates: []tls.Certificate{cert}, NextProtos: []string{"h2", "http/1.1"}},
 		ReadHeaderTimeout: 10 * time.Second,
 	}
 	go func() { _ = srv.ServeTLS(l, "", "") }()
-	return "https://" + l.Addr().String(), func() {
-		_ = srv.Close()
-		rt.CloseIdleConnections()
-	}, nil
+	return "https://" + l.Addr().String(), func() { _ = srv.Close() }, nil
 }

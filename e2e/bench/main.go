@@ -12,12 +12,10 @@ package main
 import (
 	"bufio"
 	"context"
-	"crypto/tls"
 	"flag"
 	"fmt"
 	"io"
 	"log"
-	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -28,10 +26,7 @@ import (
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
-	"github.com/google/go-containerregistry/pkg/v1/empty"
-	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
-	"github.com/google/go-containerregistry/pkg/v1/types"
 	"github.com/pullgate/pullgate/e2e"
 )
 
@@ -230,7 +225,7 @@ func run() error {
 		t.throttle.BytesPerSecond.Store(*connRate)
 	}
 	throttled, err := coldPulls(ctx, up.Addr, rt, coldTargets, "slow", func() *http.Transport { return http1Transport(ca.Pool) },
-		func(seed uint64) (v1.Image, error) { return layeredImage(*slowN, *slowSize, seed) })
+		func(seed uint64) (v1.Image, error) { return e2e.LayeredImage(*slowN, *slowSize, seed) })
 	for _, t := range coldTargets {
 		t.throttle.BytesPerSecond.Store(0)
 	}
@@ -499,28 +494,6 @@ func (s coldSet) rows(what, short, target string, goal float64) []row {
 	}
 }
 
-// layeredImage makes an OCI image of n uncompressed layers of size random bytes each (from seed), for this
-// machine's platform.
-func layeredImage(n int, size int64, seed uint64) (v1.Image, error) {
-	img := mutate.ConfigMediaType(mutate.MediaType(empty.Image, types.OCIManifestSchema1), types.OCIConfigJSON)
-	for i := range n {
-		l, err := e2e.BigLayer(size, seed+uint64(i))
-		if err != nil {
-			return nil, err
-		}
-		if img, err = mutate.AppendLayers(img, l); err != nil {
-			return nil, err
-		}
-	}
-	cf, err := img.ConfigFile()
-	if err != nil {
-		return nil, err
-	}
-	cf = cf.DeepCopy()
-	cf.OS, cf.Architecture = "linux", runtime.GOARCH
-	return mutate.ConfigFile(img, cf)
-}
-
 // coldPull pulls im's manifest, then its config and layers, -parallel at a time (containerd's
 // max_concurrent_downloads), through t (fresh, closed at the end), and returns the wall time.
 func coldPull(ctx context.Context, t *http.Transport, base string, im e2e.Image) (time.Duration, error) {
@@ -610,34 +583,21 @@ func fileServer(file, contentType, certFile, keyFile string) (string, func(), er
 	if _, err := os.Stat(file); err != nil {
 		return "", nil, err
 	}
-	cert, err := tls.LoadX509KeyPair(certFile, keyFile)
-	if err != nil {
-		return "", nil, err
-	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return "", nil, err
-	}
-	srv := &http.Server{
-		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			f, err := os.Open(file)
-			if err != nil {
-				http.Error(w, err.Error(), http.StatusInternalServerError)
-				return
-			}
-			defer f.Close()
-			fi, err := f.Stat()
-			if err != nil {
-				http.Error(w, err.Error(), http.StatusInternalServerError)
-				return
-			}
-			w.Header().Set("Content-Type", contentType)
-			http.ServeContent(w, r, "", fi.ModTime(), f)
-		}),
-		TLSConfig: &tls.Config{Certificates: []tls.Certificate{cert}, NextProtos: []string{"h2", "http/1.1"}},
-	}
-	go func() { _ = srv.ServeTLS(l, "", "") }()
-	return "https://" + l.Addr().String(), func() { _ = srv.Close() }, nil
+	return serveTLS(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		f, err := os.Open(file)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusInternalServerError)
+			return
+		}
+		defer f.Close()
+		fi, err := f.Stat()
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusInternalServerError)
+			return
+		}
+		w.Header().Set("Content-Type", contentType)
+		http.ServeContent(w, r, "", fi.ModTime(), f)
+	}), certFile, keyFile)
 }
 
 // upstreamRequests summarizes the requests a counting proxy saw: "12 (GET blobs 11, HEAD manifests 1)".
