@@ -109,6 +109,24 @@ func fillClients(h *Handler, d v1.Hash) int {
 	return 0
 }
 
+// holdBlobGETs makes the upstream send no answer to blob GETs until release is called (or the request ends),
+// then 503. Call release before the test ends; calling it again does nothing.
+func holdBlobGETs(u *fakeUpstream) (release func()) {
+	hold := make(chan struct{})
+	u.setFault(func(w http.ResponseWriter, r *http.Request) bool {
+		if r.Method == http.MethodGet && routeKind(r.URL.Path) == "blobs" {
+			select {
+			case <-hold:
+			case <-r.Context().Done():
+			}
+			w.WriteHeader(http.StatusServiceUnavailable)
+			return true
+		}
+		return false
+	})
+	return sync.OnceFunc(func() { close(hold) })
+}
+
 // randomDigest is the sha256 of random bytes: a blob no upstream holds.
 func randomDigest(t testing.TB) v1.Hash {
 	t.Helper()
@@ -394,19 +412,7 @@ func TestCachedBlobServeContent(t *testing.T) {
 // 503 with Retry-After when FillWait runs out, and only the bounded number of upstream GETs is made.
 func TestFillSlots(t *testing.T) {
 	e, timers := newTimedEnv(t, func(o *Options) { o.MaxFillsPerUpstream = 2 })
-	hold := make(chan struct{})
-	defer close(hold)
-	e.up.setFault(func(w http.ResponseWriter, r *http.Request) bool {
-		if r.Method == http.MethodGet && routeKind(r.URL.Path) == "blobs" {
-			select {
-			case <-hold:
-			case <-r.Context().Done():
-			}
-			w.WriteHeader(http.StatusServiceUnavailable)
-			return true
-		}
-		return false
-	})
+	defer holdBlobGETs(e.up)()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	for range 2 {
@@ -560,19 +566,7 @@ func TestManifestsNotStarvedByFills(t *testing.T) {
 			up := e.up
 			img := randomImage(t, 1)
 			up.push(t, "team/starve:v1", img)
-			hold := make(chan struct{})
-			defer close(hold)
-			up.setFault(func(w http.ResponseWriter, r *http.Request) bool {
-				if r.Method == http.MethodGet && routeKind(r.URL.Path) == "blobs" {
-					select { // no response headers until the test ends
-					case <-hold:
-					case <-r.Context().Done():
-					}
-					w.WriteHeader(http.StatusServiceUnavailable)
-					return true
-				}
-				return false
-			})
+			defer holdBlobGETs(up)() // no response headers until the test ends
 			ctx, cancel := context.WithCancel(context.Background())
 			defer cancel()
 			const clients = 12
@@ -836,20 +830,8 @@ func TestPrefetch(t *testing.T) {
 		e := newEnv(t, func(o *Options) { o.PrefetchConcurrency = 2 })
 		img := randomImage(t, 5)
 		e.up.push(t, "team/many:v1", img)
-		hold := make(chan struct{})
-		release := sync.OnceFunc(func() { close(hold) })
+		release := holdBlobGETs(e.up)
 		defer release()
-		e.up.setFault(func(w http.ResponseWriter, r *http.Request) bool {
-			if r.Method == http.MethodGet && routeKind(r.URL.Path) == "blobs" {
-				select {
-				case <-hold:
-				case <-r.Context().Done():
-				}
-				w.WriteHeader(http.StatusServiceUnavailable)
-				return true
-			}
-			return false
-		})
 		if resp, _ := e.get("/v2/local/team/many/manifests/v1"); resp.StatusCode != 200 {
 			t.Fatalf("manifest: %d", resp.StatusCode)
 		}
