@@ -172,3 +172,17 @@ func waitRepaired(t *testing.T, c *Cache) {
 		time.Sleep(time.Millisecond)
 	}
 }
+
+// writeOrphan puts data where the content of its digest belongs, without an index entry (what a crash between
+// the rename and the index write leaves), and returns the path.
+func writeOrphan(t *testing.T, c *Cache, data []byte) string {
+	t.Helper()
+	p := c.Path(sha256Of(data))
+	if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(p, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}

@@ -55,13 +55,7 @@ func TestRepairAtOpen(t *testing.T) {
 		t.Fatal(err)
 	}
 	orphanData := []byte("renamed, but the index entry was never written")
-	orphan := c.Path(sha256Of(orphanData))
-	if err := os.MkdirAll(filepath.Dir(orphan), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(orphan, orphanData, 0o644); err != nil {
-		t.Fatal(err)
-	}
+	orphan := writeOrphan(t, c, orphanData)
 
 	c = open(t, dir, clk.Now)
 	waitRepaired(t, c)

@@ -27,13 +27,7 @@ func TestCleanStopSkipsScan(t *testing.T) {
 	}
 	// An orphan left by hand after a clean stop: no scan at Open means it stays (Verify reports it).
 	orphanData := []byte("not indexed")
-	orphan := c.Path(sha256Of(orphanData))
-	if err := os.MkdirAll(filepath.Dir(orphan), 0o700); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(orphan, orphanData, 0o600); err != nil {
-		t.Fatal(err)
-	}
+	orphan := writeOrphan(t, c, orphanData)
 	c = open(t, dir, nil)
 	if c.Repairing() {
 		t.Error("repairing after a clean stop")
