@@ -42,6 +42,14 @@ type Metrics struct {
 	FillsBusy *prometheus.CounterVec
 	// Prefetches counts blob fills started ahead of clients for image manifests, by upstream.
 	Prefetches *prometheus.CounterVec
+	// Logins counts authentication attempts by method (robot, mtls, passthrough) and result ("ok",
+	// "bad_credentials", "rate_limited", "refused", "unavailable").
+	Logins *prometheus.CounterVec
+	// AuthDenials counts requests refused by authentication or authorization, by method and reason
+	// ("unauthenticated", "bad_credentials", "insufficient_scope", "denied", "rate_limited", "unavailable").
+	AuthDenials *prometheus.CounterVec
+	// TokensIssued counts tokens the token service issued, by method.
+	TokensIssued *prometheus.CounterVec
 }
 
 // Usage reports the cache's size; it is read at scrape time.
@@ -112,6 +120,18 @@ func New(reg prometheus.Registerer, usage Usage) *Metrics {
 			Name: "pullgate_fills_busy_total",
 			Help: "Blob requests refused because every fill slot for the upstream stayed taken, by upstream.",
 		}, []string{"upstream"}),
+		Logins: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "pullgate_logins_total",
+			Help: "Client authentication attempts by method and result.",
+		}, []string{"method", "result"}),
+		AuthDenials: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "pullgate_auth_denials_total",
+			Help: "Requests refused by authentication or authorization, by method and reason.",
+		}, []string{"method", "reason"}),
+		TokensIssued: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "pullgate_tokens_issued_total",
+			Help: "Tokens issued by pullgate's token service, by method.",
+		}, []string{"method"}),
 		Prefetches: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "pullgate_prefetches_total",
 			Help: "Blob fills started ahead of clients for image manifests, by upstream.",
@@ -119,7 +139,8 @@ func New(reg prometheus.Registerer, usage Usage) *Metrics {
 	}
 	reg.MustRegister(m.Requests, m.RequestDuration, m.BytesServed, m.BytesFetched, m.UpstreamRequests,
 		m.UpstreamLatency, m.UpstreamRateLimitRemaining, m.FillsInFlight, m.DigestMismatches, m.TagMutations,
-		m.PolicyDenials, m.UpstreamInvalidAnswers, m.ConfigReloads, m.FillsAbandoned, m.FillsBusy, m.Prefetches)
+		m.PolicyDenials, m.UpstreamInvalidAnswers, m.ConfigReloads, m.FillsAbandoned, m.FillsBusy, m.Prefetches,
+		m.Logins, m.AuthDenials, m.TokensIssued)
 	if usage != nil {
 		reg.MustRegister(
 			prometheus.NewGaugeFunc(prometheus.GaugeOpts{

@@ -99,7 +99,7 @@ func (h *Handler) logPull(r *http.Request, req *request, w *recorder, ae *apiErr
 		slog.String("digest", req.digest),
 		slog.String("media_type", req.mediaType),
 		slog.String("identity", req.identity.Name),
-		slog.String("auth", req.identity.Method),
+		slog.String("auth", string(req.identity.Method)),
 		slog.Int("status", status),
 		slog.Int64("bytes", w.bytes),
 		slog.String("cache", req.cache),

@@ -63,6 +63,7 @@ type apiError struct {
 	status     int // 0: the code's status
 	message    string
 	retryAfter time.Duration
+	challenge  string // WWW-Authenticate of a 401
 	cause      error
 }
 
@@ -160,6 +161,9 @@ func writeError(w *recorder, r *http.Request, ae *apiError) {
 		h.Del(k)
 	}
 	h.Set("Content-Type", "application/json")
+	if ae.challenge != "" {
+		h.Set("WWW-Authenticate", ae.challenge)
+	}
 	if ae.retryAfter > 0 {
 		h.Set("Retry-After", strconv.Itoa(int((ae.retryAfter+time.Second-1)/time.Second)))
 	}

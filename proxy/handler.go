@@ -19,6 +19,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/pullgate/pullgate/cache"
+	"github.com/pullgate/pullgate/identity"
 	"github.com/pullgate/pullgate/metrics"
 	"github.com/pullgate/pullgate/upstream"
 )
@@ -72,6 +73,14 @@ type Options struct {
 	// Authorizer decides which identity may pull which repository; nil means every identity may pull everything
 	// the Policy allows.
 	Authorizer Authorizer
+	// Tokens is the token service behind /token; nil means /token is not served (404).
+	Tokens TokenIssuer
+	// RequireLogin answers /v2/ with 401 and a challenge to clients without credentials. Set it when
+	// anonymous clients may pull nothing, so that clients log in before they ask for content.
+	RequireLogin bool
+	// TokenHost is the host[:port] named in challenges when the Host a client sent is not a valid host name;
+	// empty means "localhost".
+	TokenHost string
 	// MaxFills bounds the blob fills running at once, all upstreams together. Zero means 64.
 	MaxFills int
 	// MaxFillsPerUpstream bounds the blob fills running at once from one upstream. Keep it below the upstream
@@ -143,6 +152,9 @@ func (o Options) withDefaults() Options {
 	}
 	if o.PrefetchConcurrency == 0 {
 		o.PrefetchConcurrency = 8
+	}
+	if o.TokenHost == "" {
+		o.TokenHost = "localhost"
 	}
 	if o.afterFunc == nil {
 		o.afterFunc = func(d time.Duration, f func()) func() bool { return time.AfterFunc(d, f).Stop }
@@ -254,7 +266,7 @@ type request struct {
 	ns   string // the ns query parameter as sent, echoed in OCI-Namespace
 
 	// Set by the authenticate layer.
-	identity Identity
+	identity identity.Principal
 
 	// Filled in by handlers for the pull log.
 	cache     string // hit, miss, stale, revalidated
@@ -300,6 +312,8 @@ func (h *Handler) serve(w *recorder, r *http.Request, req *request) error {
 			_, _ = io.WriteString(w, "{}")
 		}
 		return nil
+	case kindToken:
+		return h.serveToken(w, r, req)
 	case kindManifests:
 		return h.serveManifest(w, r, req)
 	case kindBlobs:

@@ -14,6 +14,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/random"
 
 	"github.com/pullgate/pullgate/cache"
+	"github.com/pullgate/pullgate/identity"
 	"github.com/pullgate/pullgate/upstream"
 )
 
@@ -112,9 +113,9 @@ func TestUpstreamIdentityChange(t *testing.T) {
 // denyAll is an Authorizer that refuses everything.
 type denyAll struct{ asked int }
 
-func (d *denyAll) Authorize(context.Context, Identity, string, string) error {
+func (d *denyAll) Authorize(context.Context, identity.Principal, string, string) error {
 	d.asked++
-	return errorf(codeDenied, "requested access to the resource is denied")
+	return identity.ErrDenied
 }
 
 // TestAuthorizeBeforeCache holds that the authorize layer answers before any cache look-up: a cached manifest

@@ -19,6 +19,7 @@ const (
 	kindBlobs     kind = "blobs"
 	kindTags      kind = "tags"
 	kindReferrers kind = "referrers"
+	kindToken     kind = "token"
 )
 
 // route is a parsed /v2/<name>/<kind>/<ref> path. It is parsed once per request.
@@ -114,9 +115,17 @@ func parseDigest(s string) (v1.Hash, error) {
 // isDigest reports whether a manifest reference is a digest rather than a tag.
 func isDigest(ref string) bool { return names.IsDigest(ref) }
 
-// routeRequest is the routing layer: it refuses methods other than GET and HEAD, parses the path once and
-// picks the upstream: ?ns=, else a first path element that names an upstream, else the default.
+// routeRequest is the routing layer: it refuses methods other than GET and HEAD (and POST for /token), parses
+// the path once and picks the upstream.
 func (h *Handler) routeRequest(r *http.Request, req *request) error {
+	if r.URL.Path == "/token" {
+		req.kind = kindToken
+		if r.Method != http.MethodGet && r.Method != http.MethodPost {
+			return &apiError{code: codeUnsupported, message: fmt.Sprintf("the token service answers GET and POST, not %s", r.Method)}
+		}
+		req.ns = r.URL.Query().Get("ns")
+		return nil
+	}
 	if r.Method != http.MethodGet && r.Method != http.MethodHead {
 		// Checked before parsing, so that push routes (blobs/uploads/...) are answered as such.
 		return &apiError{code: codeUnsupported, message: fmt.Sprintf("pullgate is a read-only pull-through cache: %s is not supported", r.Method)}
@@ -126,27 +135,45 @@ func (h *Handler) routeRequest(r *http.Request, req *request) error {
 	if err != nil || rt.kind == kindBase {
 		return err
 	}
-	req.repo = rt.name
-	if ns := r.URL.Query().Get("ns"); ns != "" {
-		req.ns = ns
-		req.up = h.upstreams[ns]
-		if req.up == nil {
-			return errorf(codeNameUnknown, "ns=%q names no upstream configured in pullgate (configured: %s)", ns, strings.Join(h.names(), ", "))
+	req.ns = r.URL.Query().Get("ns")
+	req.up, req.repo, err = h.resolve(req.ns, rt.name)
+	return err
+}
+
+// resolve picks the upstream of a repository name as a client wrote it, and the repository at that upstream:
+// ns (containerd's mirror parameter) when set, else a first path element that names an upstream, else the
+// default upstream.
+func (h *Handler) resolve(ns, name string) (*Upstream, string, error) {
+	var up *Upstream
+	repo := name
+	if ns != "" {
+		up = h.upstreams[ns]
+		if up == nil {
+			return nil, "", errorf(codeNameUnknown, "ns=%q names no upstream configured in pullgate%s", ns, h.configured())
 		}
-	} else if first, rest, ok := strings.Cut(rt.name, "/"); ok && h.upstreams[first] != nil {
-		req.up, req.repo = h.upstreams[first], rest
+	} else if first, rest, ok := strings.Cut(name, "/"); ok && h.upstreams[first] != nil {
+		up, repo = h.upstreams[first], rest
 	} else if ok && strings.Contains(first, ":") {
-		return errorf(codeNameUnknown, "%q names no upstream configured in pullgate (configured: %s)", first, strings.Join(h.names(), ", "))
+		return nil, "", errorf(codeNameUnknown, "%q names no upstream configured in pullgate%s", first, h.configured())
 	} else if h.opts.Default != "" {
-		req.up = h.upstreams[h.opts.Default]
+		up = h.upstreams[h.opts.Default]
 	} else {
-		return errorf(codeNameUnknown, "%q names no configured upstream and no default upstream is set", rt.name)
+		return nil, "", errorf(codeNameUnknown, "%q names no configured upstream and no default upstream is set", name)
 	}
-	if req.up.DockerHub {
-		req.repo = names.DockerHubRepository(req.repo)
+	if up.DockerHub {
+		repo = names.DockerHubRepository(repo)
 	}
-	if len(req.repo) > maxNameLength {
-		return errorf(codeNameInvalid, "repository name %q at upstream %s is %d characters, the limit is %d", req.repo, req.up.Name, len(req.repo), maxNameLength)
+	if len(repo) > maxNameLength {
+		return nil, "", errorf(codeNameInvalid, "repository name %q at upstream %s is %d characters, the limit is %d", repo, up.Name, len(repo), maxNameLength)
 	}
-	return nil
+	return up, repo, nil
+}
+
+// configured lists the upstream names for error messages, unless clients must authenticate: then nothing about
+// the configuration is told to a client before it did.
+func (h *Handler) configured() string {
+	if h.opts.Authenticator != nil {
+		return ""
+	}
+	return " (configured: " + strings.Join(h.names(), ", ") + ")"
 }

@@ -16,6 +16,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/pullgate/pullgate/cache"
+	"github.com/pullgate/pullgate/identity"
 	"github.com/pullgate/pullgate/metrics"
 	"github.com/pullgate/pullgate/proxy"
 	"github.com/pullgate/pullgate/upstream"
@@ -32,6 +33,8 @@ type app struct {
 	metrics *metrics.Metrics
 	cache   *cache.Cache
 	handler *proxy.Handler
+	// identity is nil when no client identity is configured (pullgate is open).
+	identity *identity.Service
 }
 
 // newApp checks what the configuration points at (TLS key pair, CA and credentials files, patterns), opens the
@@ -72,11 +75,18 @@ func newApp(cfg config, specs []upstreamSpec, log *slog.Logger) (*app, error) {
 		return nil, err
 	}
 
+	if a.identity, err = newIdentity(cfg, ups, a.metrics, a.reloadReporter("robots")); err != nil {
+		return nil, err
+	}
+	if a.identity == nil {
+		log.Warn(openWarning)
+	}
+
 	a.cache, err = cache.Open(cache.Options{Dir: cfg.DataDir, Logger: log, Reserve: cfg.CacheReserve})
 	if err != nil {
 		return nil, fmt.Errorf("opening the cache in %s: %w", cfg.DataDir, err)
 	}
-	a.handler, err = proxy.New(proxy.Options{
+	opts := proxy.Options{
 		Cache:               a.cache,
 		Upstreams:           ups,
 		Default:             cfg.DefaultUpstream,
@@ -91,10 +101,15 @@ func newApp(cfg config, specs []upstreamSpec, log *slog.Logger) (*app, error) {
 		RangeWait:           cfg.RangeWait,
 		PrefetchConcurrency: prefetchOption(cfg.Prefetch),
 		Policy:              policy,
+		TokenHost:           publicHost(cfg.TLSHosts, cfg.Addr),
+		RequireLogin:        a.identity != nil && len(cfg.Anonymous) == 0,
 		Metrics:             a.metrics,
 		Log:                 log,
-	})
-	if err != nil {
+	}
+	if a.identity != nil {
+		opts.Authenticator, opts.Authorizer, opts.Tokens = a.identity, a.identity, a.identity
+	}
+	if a.handler, err = proxy.New(opts); err != nil {
 		a.close()
 		return nil, err
 	}
@@ -150,7 +165,7 @@ func (a *app) run(ctx context.Context) error {
 		MaxHeaderBytes:    64 << 10,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
 	}
-	ops := &http.Server{Handler: opsMux(a.reg, &ready), ReadHeaderTimeout: 10 * time.Second}
+	ops := &http.Server{Handler: opsMux(a.reg, &ready, a.identity == nil), ReadHeaderTimeout: 10 * time.Second}
 	errc := make(chan error, 2)
 	go func() { errc <- api.ServeTLS(ln, "", "") }()
 	go func() { errc <- ops.Serve(mln) }()

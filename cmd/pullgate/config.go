@@ -46,6 +46,14 @@ type config struct {
 	NegativeTTL              time.Duration `env:"NEGATIVE_TTL" envDefault:"30s"`
 	ImmutableTags            []string      `env:"IMMUTABLE_TAGS" envSeparator:","`
 	Allow                    []string      `env:"ALLOW" envSeparator:","`
+	RobotsFile               string        `env:"ROBOTS_FILE"`
+	RobotPrefix              string        `env:"ROBOT_PREFIX"`
+	Anonymous                []string      `env:"ANONYMOUS" envSeparator:","`
+	Passthrough              []string      `env:"PASSTHROUGH" envSeparator:","`
+	PassthroughTTL           time.Duration `env:"PASSTHROUGH_TTL" envDefault:"1m"`
+	ClientCAFile             string        `env:"CLIENT_CA_FILE"`
+	TokenTTL                 time.Duration `env:"TOKEN_TTL" envDefault:"5m"`
+	RefreshTokenTTL          time.Duration `env:"REFRESH_TOKEN_TTL" envDefault:"24h"`
 	LogLevel                 slog.Level    `env:"LOG_LEVEL" envDefault:"info"`
 	ShutdownTimeout          time.Duration `env:"SHUTDOWN_TIMEOUT" envDefault:"30s"`
 }
@@ -118,7 +126,7 @@ func loadConfig(environ map[string]string) (config, []upstreamSpec, error) {
 	for name, d := range map[string]time.Duration{"TAG_TTL": c.TagTTL, "NEGATIVE_TTL": c.NegativeTTL, "UPSTREAM_TIMEOUT": c.UpstreamTimeout,
 		"SHUTDOWN_TIMEOUT": c.ShutdownTimeout, "UPSTREAM_COOLDOWN": c.UpstreamCoolDown, "FILL_TIMEOUT": c.FillTimeout,
 		"IDLE_TIMEOUT": c.IdleTimeout, "WRITE_TIMEOUT": c.WriteTimeout, "FILL_WAIT": c.FillWait, "ABANDON_GRACE": c.AbandonGrace,
-		"RANGE_WAIT": c.RangeWait} {
+		"RANGE_WAIT": c.RangeWait, "PASSTHROUGH_TTL": c.PassthroughTTL, "REFRESH_TOKEN_TTL": c.RefreshTokenTTL} {
 		if d <= 0 {
 			return c, nil, badVar(name, "must be a positive duration such as 30s or 5m, got %s", d)
 		}
@@ -127,6 +135,13 @@ func loadConfig(environ map[string]string) (config, []upstreamSpec, error) {
 		// Fills wait for response headers inside the upstream's concurrency limit: if they could take all of it,
 		// manifest requests would queue behind them.
 		return c, nil, badVar("MAX_FILLS_PER_UPSTREAM", "must be below PULLGATE_UPSTREAM_CONCURRENCY (%d), so that fills never hold every upstream slot; got %d", c.UpstreamConcurrency, c.MaxFillsPerUpstream)
+	}
+	if c.TokenTTL < time.Minute {
+		// The token spec has clients assume 60 seconds when a token service says less.
+		return c, nil, badVar("TOKEN_TTL", "must be at least 1m, got %s", c.TokenTTL)
+	}
+	if c.RobotPrefix != "" && (strings.ContainsAny(c.RobotPrefix, ": \t") || len(c.RobotPrefix) > 32) {
+		return c, nil, badVar("ROBOT_PREFIX", "%q: a login prefix has no ':' or spaces and at most 32 characters", c.RobotPrefix)
 	}
 	if c.Prefetch < 0 {
 		return c, nil, badVar("PREFETCH", "must be 0 (off) or more, got %d", c.Prefetch)
@@ -142,6 +157,13 @@ func loadConfig(environ map[string]string) (config, []upstreamSpec, error) {
 		return c, nil, badVar("DEFAULT_UPSTREAM", "%q is not in PULLGATE_UPSTREAMS; set it to one of them, or to empty to refuse requests that name no upstream", c.DefaultUpstream)
 	}
 	return c, specs, nil
+}
+
+// identitiesConfigured says whether any client identity is configured: then clients are authenticated and
+// anything not allowed to anonymous clients needs credentials. Without any, pullgate is open to everyone who
+// can reach it.
+func (c config) identitiesConfigured() bool {
+	return c.RobotsFile != "" || c.ClientCAFile != "" || len(c.Passthrough) > 0 || len(c.Anonymous) > 0
 }
 
 // describeEnvError names the variable behind a parse error (the env library names the struct field).

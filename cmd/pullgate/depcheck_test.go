@@ -7,9 +7,10 @@ import (
 	"testing"
 )
 
-// TestDependencyDirection holds the direction cmd -> proxy -> {cache, upstream, metrics} (docs/design.md): cache
-// and upstream never import each other or proxy, cache does not speak HTTP, upstream does not know badger, and
-// names (the OCI grammar) depends on none of them.
+// TestDependencyDirection holds the direction cmd -> proxy -> {cache, upstream, metrics, identity} (docs/design.md):
+// cache and upstream never import each other or proxy, cache does not speak HTTP, upstream does not know badger,
+// identity knows neither the cache nor how upstreams are reached (it asks through an interface), and names (the
+// OCI grammar) depends on none of them.
 func TestDependencyDirection(t *testing.T) {
 	if _, err := exec.LookPath("go"); err != nil {
 		t.Skip("the go command is not on PATH")
@@ -27,13 +28,14 @@ func TestDependencyDirection(t *testing.T) {
 		forbidden []string // packages that must not appear in the transitive deps (ours) or direct imports
 		direct    []string
 	}{
-		{"cache", []string{mod + "proxy", mod + "upstream", mod + "metrics", mod + "cmd/pullgate"}, []string{"net/http"}},
-		{"upstream", []string{mod + "proxy", mod + "cache", mod + "metrics", "github.com/dgraph-io/badger/v4"}, nil},
+		{"cache", []string{mod + "proxy", mod + "upstream", mod + "metrics", mod + "identity", mod + "cmd/pullgate"}, []string{"net/http"}},
+		{"upstream", []string{mod + "proxy", mod + "cache", mod + "metrics", mod + "identity", "github.com/dgraph-io/badger/v4"}, nil},
+		{"identity", []string{mod + "proxy", mod + "cache", mod + "upstream", mod + "metrics", mod + "certs", mod + "cmd/pullgate", "github.com/dgraph-io/badger/v4"}, nil},
 		{"metrics", []string{mod + "proxy", mod + "cache", mod + "upstream"}, nil},
 		{"proxy", []string{mod + "cmd/pullgate", mod + "certs"}, nil},
 		{"certs", []string{mod + "proxy", mod + "cache", mod + "upstream", mod + "metrics"}, []string{"net/http"}},
 		// names is the one grammar every other package uses: it uses none of them.
-		{"names", []string{mod + "proxy", mod + "cache", mod + "upstream", mod + "metrics", mod + "certs", mod + "cmd/pullgate"}, []string{"net/http"}},
+		{"names", []string{mod + "proxy", mod + "cache", mod + "upstream", mod + "metrics", mod + "certs", mod + "identity", mod + "cmd/pullgate"}, []string{"net/http"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.pkg, func(t *testing.T) {

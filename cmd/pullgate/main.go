@@ -123,11 +123,20 @@ func serverTLS(cfg config, log *slog.Logger, onReload func(error)) (*tls.Config,
 	if err != nil {
 		return nil, badVar("TLS_CERT", "%v", err)
 	}
-	return &tls.Config{
+	tc := &tls.Config{
 		MinVersion:     tls.VersionTLS12,
 		GetCertificate: r.GetCertificate,
 		NextProtos:     []string{"h2", "http/1.1"},
-	}, nil
+	}
+	if cfg.ClientCAFile != "" {
+		// Node identity: a client certificate is asked for, and when one is sent it must chain to these CAs
+		// (the handshake fails otherwise); the identity layer maps it to a robot or to permissions.
+		if tc.ClientCAs, err = clientCAs(cfg.ClientCAFile); err != nil {
+			return nil, err
+		}
+		tc.ClientAuth = tls.VerifyClientCertIfGiven
+	}
+	return tc, nil
 }
 
 // upstreamTransport is the base transport to upstreams: the system roots plus PULLGATE_UPSTREAM_CA_FILE.
@@ -209,8 +218,9 @@ func buildUpstreams(cfg config, specs []upstreamSpec, rt http.RoundTripper, kc a
 	return ups, nil
 }
 
-// opsMux serves the operations listener: metrics and health.
-func opsMux(reg *prometheus.Registry, ready *atomic.Bool) http.Handler {
+// opsMux serves the operations listener: metrics and health. /readyz says so in its body when pullgate is open
+// to everyone.
+func opsMux(reg *prometheus.Registry, ready *atomic.Bool, open bool) http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
@@ -219,6 +229,10 @@ func opsMux(reg *prometheus.Registry, ready *atomic.Bool) http.Handler {
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
 		if !ready.Load() {
 			http.Error(w, "not ready", http.StatusServiceUnavailable)
+			return
+		}
+		if open {
+			_, _ = io.WriteString(w, "ready\nwarning: "+openWarning+"\n")
 			return
 		}
 		_, _ = io.WriteString(w, "ready\n")
