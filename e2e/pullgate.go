@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"cmp"
 	"context"
 	"crypto/x509"
 	"fmt"
@@ -46,6 +47,9 @@ type PullgateOptions struct {
 	Upstreams, Default, UpstreamCAFile string
 	// Env holds further PULLGATE_* settings (PULLGATE_TAG_TTL=..., PULLGATE_OFFLINE=...).
 	Env []string
+	// V2Status is what /v2/ answers a client without credentials once pullgate is ready; zero means 200. It is
+	// 401 when client identities are configured and anonymous clients may pull nothing.
+	V2Status int
 }
 
 // Pullgate is a running pullgate.
@@ -122,7 +126,7 @@ func (p *Pullgate) WaitReady(ctx context.Context) error {
 	client := &http.Client{Transport: Transport(p.Pool), Timeout: 2 * time.Second}
 	defer client.CloseIdleConnections()
 	return Poll(ctx, 10*time.Second, p.Spec.Name+" /v2/", p.Exited(), func(ctx context.Context) error {
-		return HTTPStatus(ctx, client, p.URL+"/v2/", http.StatusOK)
+		return HTTPStatus(ctx, client, p.URL+"/v2/", cmp.Or(p.Opts.V2Status, http.StatusOK))
 	})
 }
 
