@@ -108,16 +108,16 @@ disabled_plugins = [
 }
 
 // hostsTOML is one registry's hosts.toml: host is tried first for pull and resolve, then server, the registry's
-// own location; both trust caFile. client, when given, is a client certificate and key presented to host.
+// own location; both trust caFile. client, when given, is a client certificate and key presented to both.
 // containerd 1.6 cannot parse a hosts.toml without a [host] table (it falls back to plain HTTP for a loopback
 // registry), so for pullgate in front of itself host and server are the same.
 func hostsTOML(server, host, caFile string, client ...string) string {
 	var clientLine string
 	if len(client) == 2 {
-		clientLine = fmt.Sprintf("  client = [[%q, %q]]\n", client[0], client[1])
+		clientLine = fmt.Sprintf("client = [[%q, %q]]\n", client[0], client[1])
 	}
-	return fmt.Sprintf("server = %q\nca = %q\n\n[host.%q]\n  capabilities = [\"pull\", \"resolve\"]\n  ca = %q\n%s",
-		server, caFile, host, caFile, clientLine)
+	return fmt.Sprintf("server = %q\nca = %q\n%s\n[host.%q]\n  capabilities = [\"pull\", \"resolve\"]\n  ca = %q\n  %s",
+		server, caFile, clientLine, host, caFile, clientLine)
 }
 
 // writeHostsFile writes dir/registry/hosts.toml.
