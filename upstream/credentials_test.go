@@ -73,10 +73,10 @@ func TestCheckPull(t *testing.T) {
 		bearerOnly bool
 		repo       string
 		cred       Credentials
-		opts       Options                                        // Offline, FailureThreshold
+		opts       Options                                           // Offline, FailureThreshold
 		fault      func(w http.ResponseWriter, r *http.Request) bool // answers in front of the upstream's authentication
-		down       bool                                           // the upstream's address answers nothing
-		before     int                                            // CheckPulls that run first, with the fault
+		down       bool                                              // the upstream's address answers nothing
+		before     int                                               // CheckPulls that run first, with the fault
 		want       outcome
 		wantStatus int   // the *StatusError's status, 0 when none
 		wantBearer int   // the status with the bearer front, when it differs
@@ -93,7 +93,7 @@ func TestCheckPull(t *testing.T) {
 		{name: "repository does not exist", repo: "test/missing", cred: alice, want: refused, wantStatus: 404},
 		{name: "token service forbids", bearerOnly: true, repo: "test/app", cred: alice,
 			fault: onKind("token", status(403, map[string]string{"Content-Type": "application/json"}, `{"details":"access denied"}`)),
-			want: refused, wantStatus: 403},
+			want:  refused, wantStatus: 403},
 		{name: "registry 503", repo: "test/app", cred: alice, fault: onKind("tags", status(503, nil, "")),
 			want: couldNotAsk, wantStatus: 503},
 		{name: "registry 500 on ping", repo: "test/app", cred: alice, fault: onKind("ping", status(500, nil, "")),
@@ -106,7 +106,7 @@ func TestCheckPull(t *testing.T) {
 			fault: onKind("token", status(404, nil, "")), want: couldNotAsk, wantStatus: 404},
 		{name: "token service answers no token", bearerOnly: true, repo: "test/app", cred: alice,
 			fault: onKind("token", status(200, map[string]string{"Content-Type": "application/json"}, `{}`)),
-			want: couldNotAsk, wantErr: ErrUnavailable},
+			want:  couldNotAsk, wantErr: ErrUnavailable},
 		{name: "connection dropped", repo: "test/app", cred: alice, fault: closeConn, want: couldNotAsk, wantErr: ErrUnavailable},
 		{name: "upstream down", repo: "test/app", cred: alice, down: true, want: couldNotAsk, wantErr: ErrUnavailable},
 		{name: "open circuit", repo: "test/app", cred: alice, opts: Options{FailureThreshold: 1}, fault: closeConn, before: 1,
