@@ -641,6 +641,9 @@ func TestCredentialsFormatting(t *testing.T) {
 			}
 		})
 	}
+	if got := outputs["slog text"]; !strings.Contains(got, "cred.username=alice cred.password=[REDACTED]") {
+		t.Errorf("slog's text handler wrote %q, want the username and the password as attributes", got)
+	}
 	if got := fmt.Sprintf("%+v", Request{Repo: "a/b"}); !strings.Contains(got, "Credentials:<nil>") {
 		t.Errorf("a Request without Credentials prints %q", got)
 	}
