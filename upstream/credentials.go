@@ -92,10 +92,9 @@ func (c *Credentials) redact(s string) string {
 	if c == nil || c.Password == "" {
 		return s
 	}
-	userPass := []byte(c.Username + ":" + c.Password)
 	for _, secret := range []string{
-		base64.StdEncoding.EncodeToString(userPass),
-		base64.RawStdEncoding.EncodeToString(userPass),
+		// Unpadded: the padded form starts with it.
+		base64.RawStdEncoding.EncodeToString([]byte(c.Username + ":" + c.Password)),
 		c.Password,
 		url.QueryEscape(c.Password),
 		url.PathEscape(c.Password),
