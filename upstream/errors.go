@@ -66,15 +66,13 @@ const (
 	maxRetryAfter     = 10 * time.Minute
 )
 
-// newStatusError reads (with a limit) and closes resp.Body and builds the StatusError for resp. The
-// password of cred (nil for pullgate's own), should the upstream echo it, is redacted from the code
-// and message before they are trimmed, so no part of it is kept.
+// newStatusError reads (with a limit) and closes resp.Body and builds the StatusError for resp,
+// without the password of cred (nil for pullgate's own).
 func newStatusError(upstream string, resp *http.Response, now time.Time, cred *Credentials) *StatusError {
 	defer resp.Body.Close()
 	body, _ := io.ReadAll(io.LimitReader(resp.Body, maxErrorBody))
 	e := &StatusError{Upstream: upstream, Status: resp.StatusCode}
-	code, message := errorBodyFields(resp.Header.Get("Content-Type"), body)
-	e.Code, e.Message = clean(cred.redact(code), maxCode), clean(cred.redact(message), maxMessage)
+	e.Code, e.Message = parseErrorBody(resp.Header.Get("Content-Type"), body, cred)
 	if resp.StatusCode == http.StatusTooManyRequests {
 		e.RetryAfter = parseRetryAfter(resp.Header.Get("Retry-After"), now)
 	}
@@ -82,13 +80,15 @@ func newStatusError(upstream string, resp *http.Response, now time.Time, cred *C
 }
 
 // parseErrorBody finds the first OCI error ({"errors":[{"code","message","detail"}]}) in body. A
-// text/plain body becomes the message; anything else gives nothing. Both are cleaned and trimmed.
-func parseErrorBody(contentType string, body []byte) (code, message string) {
+// text/plain body becomes the message; anything else gives nothing. The password of cred (nil for
+// none), should the body echo it, is redacted before the code and message are cleaned and trimmed,
+// so no part of it is kept.
+func parseErrorBody(contentType string, body []byte, cred *Credentials) (code, message string) {
 	code, message = errorBodyFields(contentType, body)
-	return clean(code, maxCode), clean(message, maxMessage)
+	return clean(cred.redact(code), maxCode), clean(cred.redact(message), maxMessage)
 }
 
-// errorBodyFields is parseErrorBody without the cleaning.
+// errorBodyFields is parseErrorBody before redaction and cleaning.
 func errorBodyFields(contentType string, body []byte) (code, message string) {
 	var oci struct {
 		Errors []struct {
