@@ -18,8 +18,10 @@ import (
 
 // Credentials are a client's own username and password (or token) for an upstream, given with one
 // Request in place of the Client's keychain: a client that pulls with its own pull secret
-// (passthrough). The Client keeps them no longer than the request; the bearer tokens it gets with them
-// are cached under a SHA-256 of them, so they are only ever sent again for the same Credentials.
+// (passthrough). The Client does not keep them beyond the requests made with them (a token request
+// shared by concurrent callers may outlast a caller that gave up, by at most twice Options.Timeout);
+// the bearer tokens it gets with them are cached under a SHA-256 of them, so they are only ever sent
+// again for the same Credentials.
 //
 // Every way of printing Credentials (fmt with any verb, log/slog, encoding/json) shows the username
 // and a placeholder instead of the password.
