@@ -108,8 +108,9 @@ func (o SignerOptions) withDefaults() SignerOptions {
 	return o
 }
 
-// Signer signs and verifies pullgate's tokens with the ES256 keys of a key directory. It notices keys added
-// or removed by another process (`pullgate token rotate`) within two seconds. It is safe for concurrent use.
+// Signer signs and verifies pullgate's tokens with the ES256 keys of a key directory. Sign and Verify look
+// at the directory again when two seconds have passed since the last look, so that keys added or removed by
+// another process (a rotation by the CLI) take effect in a running server. It is safe for concurrent use.
 type Signer struct {
 	o SignerOptions
 
@@ -186,13 +187,12 @@ func (s *Signer) Err() error {
 	return s.err
 }
 
-// maybeReload re-reads the key directory when reloadInterval has passed since the last look (or the clock
-// went back) and the key files changed.
+// maybeReload re-reads the key directory when the clock moved by reloadInterval since the last look
+// (forward, or back: a clock set back must not stop the looks) and the key files changed.
 func (s *Signer) maybeReload(now time.Time) {
 	due := func() bool {
-		last := s.lastCheck.Load()
-		n := now.UnixNano()
-		return n < last || n-last >= int64(reloadInterval)
+		d := now.UnixNano() - s.lastCheck.Load()
+		return d >= int64(reloadInterval) || d <= -int64(reloadInterval)
 	}
 	if !due() {
 		return
@@ -380,8 +380,8 @@ func (s *Signer) verify(raw string, refresh bool, now time.Time, set *keySet) (T
 	if std.Issuer != s.o.Issuer {
 		return TokenClaims{}, "", invalid("wrong issuer")
 	}
-	access, refreshAud := s.o.Audience, s.o.Audience+refreshSuffix
-	if len(std.Audience) != 1 || (std.Audience[0] != access && std.Audience[0] != refreshAud) {
+	accessAud, refreshAud := s.o.Audience, s.o.Audience+refreshSuffix
+	if len(std.Audience) != 1 || (std.Audience[0] != accessAud && std.Audience[0] != refreshAud) {
 		return TokenClaims{}, "", invalid("wrong audience")
 	}
 	isRefresh := std.Audience[0] == refreshAud
