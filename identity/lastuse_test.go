@@ -3,6 +3,8 @@ package identity
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -55,9 +57,18 @@ func TestLastUseFileForm(t *testing.T) {
 	if mode := st.Mode().Perm(); mode != 0o600 {
 		t.Fatalf("mode %v, want 0600", mode)
 	}
-	// Written atomically: a rewrite replaces the file and leaves no temporary file behind.
+	// Written atomically: a rewrite puts a new file in place (a reader of the old one reads it whole) and
+	// leaves no temporary file behind.
+	old, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer old.Close()
 	if err := (LastUse{}).Write(path); err != nil {
 		t.Fatal(err)
+	}
+	if stale, err := io.ReadAll(old); err != nil || !bytes.Equal(stale, data) {
+		t.Fatalf("the old file changed under its reader: %q, %v", stale, err)
 	}
 	entries, err := os.ReadDir(dir)
 	if err != nil {
@@ -129,3 +140,22 @@ func TestReadLastUseUnreadable(t *testing.T) {
 }
 
 func lastUseText(s string) *string { return &s }
+
+func TestLastUseWriteBounded(t *testing.T) {
+	// A file ReadLastUse would refuse is never written: the write fails and the old file stays.
+	path := filepath.Join(t.TempDir(), LastUseFile)
+	if err := (LastUse{"ci": time.Unix(0, 0)}).Write(path); err != nil {
+		t.Fatal(err)
+	}
+	big := LastUse{}
+	for i := 0; len(big)*(maxRobotName+26) <= maxFileSize; i++ {
+		big[fmt.Sprintf("%0*d", maxRobotName, i)] = time.Unix(0, 0)
+	}
+	if err := big.Write(path); err == nil || !strings.Contains(err.Error(), "more than") {
+		t.Fatalf("writing %d robots: %v, want an error", len(big), err)
+	}
+	l, err := ReadLastUse(path)
+	if err != nil || len(l) != 1 {
+		t.Fatalf("after a refused write: %v, %v", l, err)
+	}
+}

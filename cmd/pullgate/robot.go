@@ -22,6 +22,7 @@ import (
 	"github.com/pullgate/pullgate/names"
 )
 
+// robotUsage is the help of `pullgate robot`.
 const robotUsage = `usage: pullgate robot <command> [flags]
 
 Manages the robot accounts in the robots file: --file PATH, else PULLGATE_ROBOTS_FILE.
@@ -37,16 +38,17 @@ Run 'pullgate robot <command> -h' for the flags of a command.
 `
 
 const (
-	// maxRobotLifetimeDays bounds --expires 90d: beyond it a time.Duration overflows long before it makes sense.
+	// maxRobotLifetimeDays bounds a lifetime in days (100 years), well below where a time.Duration overflows.
 	maxRobotLifetimeDays = 36500
 	// maxLiveSecrets is how many secrets a robot may have at once after a rotation: the new one and those in
 	// their grace period. The server tries each hash when the robot logs in, so the number is kept small.
-	maxLiveSecrets   = 3
-	maxDescription   = 1024
-	robotUserPrefix  = "robot$"
-	pullSecretPrefix = "pullgate-robot-"
-	defaultAddr      = ":5443"
-	defaultDataDir   = "./pullgate-data"
+	maxLiveSecrets = 3
+	// maxDescription bounds --description, which list prints on one line.
+	maxDescription      = 1024
+	robotUserPrefix     = "robot$"
+	pullSecretPrefix    = "pullgate-robot-"
+	robotDefaultAddr    = ":5443"
+	robotDefaultDataDir = "./pullgate-data"
 )
 
 // robotOptions are what `pullgate robot` takes from its caller besides the command line. The zero value is what
@@ -58,6 +60,7 @@ type robotOptions struct {
 	Cost int
 }
 
+// withDefaults fills in the zero fields that have a default.
 func (o robotOptions) withDefaults() robotOptions {
 	if o.Now == nil {
 		o.Now = time.Now
@@ -72,9 +75,11 @@ type robotUsageError struct {
 	reported bool
 }
 
+// Error returns the message.
 func (e *robotUsageError) Error() string { return e.msg }
 
-func usagef(format string, args ...any) error {
+// robotUsagef makes a robotUsageError.
+func robotUsagef(format string, args ...any) error {
 	return &robotUsageError{msg: fmt.Sprintf(format, args...)}
 }
 
@@ -141,7 +146,7 @@ func (c *robotCommand) flags(synopsis string) *flag.FlagSet {
 	c.fs = flag.NewFlagSet("pullgate robot "+c.name, flag.ContinueOnError)
 	c.fs.SetOutput(c.stderr)
 	c.fs.Usage = func() {
-		fmt.Fprintf(c.stderr, "usage: pullgate robot %s %s\n\nflags (before or after the name):\n", c.name, synopsis)
+		fmt.Fprintf(c.stderr, "usage: pullgate robot %s %s\n\nflags:\n", c.name, synopsis)
 		c.fs.PrintDefaults()
 	}
 	c.fs.StringVar(&c.file, "file", "", "the robots file (default: $PULLGATE_ROBOTS_FILE)")
@@ -174,9 +179,9 @@ func (c *robotCommand) parse(want int) ([]string, error) {
 	if len(pos) != want {
 		c.fs.Usage()
 		if want == 0 {
-			return nil, usagef("unexpected arguments %q", pos)
+			return nil, robotUsagef("unexpected arguments %q", pos)
 		}
-		return nil, usagef("want one robot NAME, got %q", pos)
+		return nil, robotUsagef("want one robot NAME, got %q", pos)
 	}
 	return pos, nil
 }
@@ -189,7 +194,7 @@ func (c *robotCommand) robotsPath() (string, error) {
 	if p := c.env["PULLGATE_ROBOTS_FILE"]; p != "" {
 		return p, nil
 	}
-	return "", usagef("which robots file? Pass --file PATH or set PULLGATE_ROBOTS_FILE")
+	return "", robotUsagef("which robots file? Pass --file PATH or set PULLGATE_ROBOTS_FILE")
 }
 
 // load reads the robots file. A missing file is an empty one when create is set, else an error.
@@ -224,12 +229,14 @@ func (c *robotCommand) loadRobot(name string) (string, *identity.File, *identity
 	return path, f, r, nil
 }
 
-// listFlag is a repeatable flag whose values may also be comma-separated lists.
-type listFlag []string
+// commaListFlag is a repeatable flag whose values may also be comma-separated lists.
+type commaListFlag []string
 
-func (l *listFlag) String() string { return strings.Join(*l, ",") }
+// String returns the values, comma-separated.
+func (l *commaListFlag) String() string { return strings.Join(*l, ",") }
 
-func (l *listFlag) Set(v string) error {
+// Set adds the comma-separated values in v.
+func (l *commaListFlag) Set(v string) error {
 	for _, s := range strings.Split(v, ",") {
 		s = strings.TrimSpace(s)
 		if s == "" {
@@ -243,30 +250,31 @@ func (l *listFlag) Set(v string) error {
 // placement is where a robot's new secret goes: the registry hosts of the docker config and the Kubernetes
 // namespace and service account. create and rotate share these flags.
 type placement struct {
-	servers        listFlag
+	servers        commaListFlag
 	namespace      string
 	serviceAccount string
 	json           bool
 }
 
-func (p *placement) register(fs *flag.FlagSet) {
-	fs.Var(&p.servers, "server", "a registry host the pull Secret is for, repeatable (default: the first of PULLGATE_TLS_HOSTS with the port of PULLGATE_ADDR, else localhost:5443)")
-	fs.StringVar(&p.namespace, "namespace", "default", "the Kubernetes namespace of the pull Secret")
-	fs.StringVar(&p.serviceAccount, "service-account", "default", "the service account the printed kubectl patch attaches the Secret to")
-	fs.BoolVar(&p.json, "json", false, "print one JSON object instead of text and YAML")
+// register adds the flags to set.
+func (p *placement) register(set *flag.FlagSet) {
+	set.Var(&p.servers, "server", "a registry host the pull Secret is for, repeatable (default: the first of PULLGATE_TLS_HOSTS with the port of PULLGATE_ADDR, else localhost:5443)")
+	set.StringVar(&p.namespace, "namespace", "default", "the Kubernetes namespace of the pull Secret")
+	set.StringVar(&p.serviceAccount, "service-account", "default", "the service account the printed kubectl patch attaches the Secret to")
+	set.BoolVar(&p.json, "json", false, "print one JSON object instead of text and YAML")
 }
 
 // check validates the flags and fills in the default server from env.
 func (p *placement) check(env map[string]string) error {
-	if err := validDNSLabel(p.namespace); err != nil {
-		return usagef("--namespace: %v", err)
+	if err := validKubeLabel(p.namespace); err != nil {
+		return robotUsagef("--namespace: %v", err)
 	}
-	if err := validDNSSubdomain(p.serviceAccount); err != nil {
-		return usagef("--service-account: %v", err)
+	if err := validKubeName(p.serviceAccount); err != nil {
+		return robotUsagef("--service-account: %v", err)
 	}
 	for _, s := range p.servers {
 		if strings.IndexFunc(s, func(r rune) bool { return r <= ' ' || r >= 0x7f }) >= 0 {
-			return usagef("--server %q: a registry host is printable ASCII without spaces", s)
+			return robotUsagef("--server %q: a registry host is printable ASCII without spaces", s)
 		}
 	}
 	if len(p.servers) == 0 {
@@ -274,9 +282,9 @@ func (p *placement) check(env map[string]string) error {
 		if err != nil {
 			return err
 		}
-		p.servers = listFlag{s}
+		p.servers = commaListFlag{s}
 	}
-	var unique listFlag
+	var unique commaListFlag
 	for _, s := range p.servers {
 		if !slices.Contains(unique, s) {
 			unique = append(unique, s)
@@ -291,11 +299,11 @@ func (p *placement) check(env map[string]string) error {
 func defaultServer(env map[string]string) (string, error) {
 	addr := env["PULLGATE_ADDR"]
 	if addr == "" {
-		addr = defaultAddr
+		addr = robotDefaultAddr
 	}
 	_, port, err := net.SplitHostPort(addr)
 	if err != nil || port == "" {
-		return "", usagef("PULLGATE_ADDR %q is not a host:port address; pass --server HOST", addr)
+		return "", robotUsagef("PULLGATE_ADDR %q is not a host:port address; pass --server HOST", addr)
 	}
 	host := "localhost"
 	for _, h := range strings.Split(env["PULLGATE_TLS_HOSTS"], ",") {
@@ -313,37 +321,39 @@ func defaultServer(env map[string]string) (string, error) {
 	return net.JoinHostPort(host, port), nil
 }
 
+// robotCreate is `pullgate robot create`: it adds a robot with one secret, making the robots file if it is
+// missing, and prints the secret.
 func robotCreate(c *robotCommand, now time.Time) error {
-	fs := c.flags("NAME --allow PATTERN [--allow PATTERN]... [--expires 90d] [flags]")
-	var allow listFlag
+	set := c.flags("NAME --allow PATTERN [--allow PATTERN]... [--expires 90d] [flags]")
+	var allow commaListFlag
 	var p placement
-	fs.Var(&allow, "allow", `a pattern over "<upstream>/<repository>" the robot may pull, repeatable or comma-separated ("docker.io/library/**")`)
-	expires := fs.String("expires", "90d", "when the robot stops working: a lifetime (90d, 720h), a date (2027-03-01, 00:00 UTC), an RFC 3339 time, or never")
-	description := fs.String("description", "", "what the robot is for")
-	admin := fs.Bool("admin", false, "the robot may use pullgate's admin API")
-	p.register(fs)
+	set.Var(&allow, "allow", `a pattern over "<upstream>/<repository>" the robot may pull, repeatable or comma-separated ("docker.io/library/**")`)
+	expires := set.String("expires", "90d", "when the robot stops working: a lifetime (90d, 720h), a date (2027-03-01, 00:00 UTC), an RFC 3339 time, or never")
+	description := set.String("description", "", "what the robot is for")
+	admin := set.Bool("admin", false, "the robot may use pullgate's admin API")
+	p.register(set)
 	pos, err := c.parse(1)
 	if err != nil {
 		return err
 	}
 	name := pos[0]
 	if err := validNewRobotName(name); err != nil {
-		return usagef("%v", err)
+		return robotUsagef("%v", err)
 	}
 	if len(allow) == 0 && !*admin {
-		return usagef("--allow PATTERN is required (or --admin): which repositories may robot %q pull?", name)
+		return robotUsagef("--allow PATTERN is required (or --admin): which repositories may robot %q pull?", name)
 	}
 	for _, a := range allow {
 		if err := validPullPattern(a); err != nil {
-			return usagef("--allow: %v", err)
+			return robotUsagef("--allow: %v", err)
 		}
 	}
 	exp, err := parseExpires(*expires, now)
 	if err != nil {
-		return usagef("--expires: %v", err)
+		return robotUsagef("--expires: %v", err)
 	}
-	if len(*description) > maxDescription || strings.IndexFunc(*description, isControl) >= 0 {
-		return usagef("--description: at most %d bytes on one line, without control characters", maxDescription)
+	if len(*description) > maxDescription || strings.IndexFunc(*description, isControlRune) >= 0 {
+		return robotUsagef("--description: at most %d bytes on one line, without control characters", maxDescription)
 	}
 	if err := p.check(c.env); err != nil {
 		return err
@@ -355,11 +365,8 @@ func robotCreate(c *robotCommand, now time.Time) error {
 	if f.Robot(name) != nil {
 		return fmt.Errorf("robot %q exists; use rotate to give it a new secret", name)
 	}
-	for _, r := range f.Robots {
-		if pullSecretName(r.Name) == pullSecretName(name) {
-			fmt.Fprintf(c.stderr, "note: robots %q and %q have the same pull Secret name %s: in one namespace, one replaces the other\n",
-				r.Name, name, pullSecretName(name))
-		}
+	if other := secretNameTakenBy(f, name); other != "" {
+		return fmt.Errorf("robot %q has the pull Secret name %s already: choose a name that differs in more than '.', '_' and '-'", other, pullSecretName(name))
 	}
 	clear, s, err := identity.NewSecret(now, c.cost)
 	if err != nil {
@@ -381,12 +388,14 @@ func robotCreate(c *robotCommand, now time.Time) error {
 		headline: fmt.Sprintf("Robot %q created%s.", name, expiryPhrase(exp))})
 }
 
+// robotRotate is `pullgate robot rotate`: it gives a robot a new secret, ends the older ones after the grace
+// period, and prints the new secret.
 func robotRotate(c *robotCommand, now time.Time) error {
-	fs := c.flags("NAME [--grace 24h] [flags]")
+	set := c.flags("NAME [--grace 24h] [flags]")
 	var p placement
-	grace := fs.String("grace", "24h", "how long the robot's older secrets keep working (24h, 2d; 0 ends them now)")
-	expires := fs.String("expires", "", "a new expiry for the robot, as for create (default: unchanged)")
-	p.register(fs)
+	grace := set.String("grace", "24h", "how long the robot's older secrets keep working (24h, 2d; 0 ends them now)")
+	expires := set.String("expires", "", "a new expiry for the robot, as for create (default: unchanged)")
+	p.register(set)
 	pos, err := c.parse(1)
 	if err != nil {
 		return err
@@ -394,15 +403,15 @@ func robotRotate(c *robotCommand, now time.Time) error {
 	name := pos[0]
 	g, err := parseLifetime(*grace)
 	if err != nil {
-		return usagef("--grace: %v", err)
+		return robotUsagef("--grace: %v", err)
 	}
 	if g < 0 {
-		return usagef("--grace %s: must not be negative", *grace)
+		return robotUsagef("--grace %s: must not be negative", *grace)
 	}
 	var newExp *time.Time
 	if *expires != "" {
 		if newExp, err = parseExpires(*expires, now); err != nil {
-			return usagef("--expires: %v", err)
+			return robotUsagef("--expires: %v", err)
 		}
 	}
 	if err := p.check(c.env); err != nil {
@@ -418,7 +427,7 @@ func robotRotate(c *robotCommand, now time.Time) error {
 	r.Secrets = rotatedOut(r.Secrets, now, g)
 	if len(r.Secrets)+1 > maxLiveSecrets {
 		return fmt.Errorf("robot %q has %d secrets in their grace period (the next ends at %s); a robot has at most %d: wait, or rotate with --grace 0",
-			name, len(r.Secrets), formatTime(*earliestExpiry(r.Secrets)), maxLiveSecrets)
+			name, len(r.Secrets), utcRFC3339(*earliestExpiry(r.Secrets)), maxLiveSecrets)
 	}
 	clear, s, err := identity.NewSecret(now, c.cost)
 	if err != nil {
@@ -432,11 +441,11 @@ func robotRotate(c *robotCommand, now time.Time) error {
 		fmt.Fprintf(c.stderr, "note: robot %q is disabled; its secrets work once 'pullgate robot enable %s' runs\n", name, name)
 	}
 	if r.Expires != nil && !r.Expires.After(now) {
-		fmt.Fprintf(c.stderr, "note: robot %q expired at %s; rotate with --expires to extend it\n", name, formatTime(*r.Expires))
+		fmt.Fprintf(c.stderr, "note: robot %q expired at %s; rotate with --expires to extend it\n", name, utcRFC3339(*r.Expires))
 	}
 	headline := fmt.Sprintf("Robot %q has a new secret; its older secrets stop working now.", name)
 	if len(r.Secrets) > 1 {
-		headline = fmt.Sprintf("Robot %q has a new secret; its older secrets keep working until %s.", name, formatTime(*latestExpiry(r.Secrets[:len(r.Secrets)-1])))
+		headline = fmt.Sprintf("Robot %q has a new secret; its older secrets keep working until %s.", name, utcRFC3339(*latestExpiry(r.Secrets[:len(r.Secrets)-1])))
 	}
 	return printIssued(c.stdout, issued{robot: name, secret: clear, expires: r.Expires, placement: p, headline: headline})
 }
@@ -463,6 +472,8 @@ func rotatedOut(secrets []identity.Secret, now time.Time, grace time.Duration) [
 	return kept
 }
 
+// robotDelete is `pullgate robot delete`. A robot that client certificates are mapped to is not deleted: the
+// mappings would be left pointing at nothing.
 func robotDelete(c *robotCommand, _ time.Time) error {
 	c.flags("NAME")
 	pos, err := c.parse(1)
@@ -487,10 +498,16 @@ func robotDelete(c *robotCommand, _ time.Time) error {
 	if err := f.Write(path); err != nil {
 		return fmt.Errorf("writing %s: %w", path, err)
 	}
+	if other := secretNameTakenBy(f, name); other != "" {
+		// A hand-written file can have two robots with one Secret name: the Secret may be the other's.
+		fmt.Fprintf(c.stdout, "Robot %q deleted. Its pull Secret %s has the name of robot %q's too.\n", name, pullSecretName(name), other)
+		return nil
+	}
 	fmt.Fprintf(c.stdout, "Robot %q deleted. Its pull Secret is of no use now: kubectl delete secret %s -n NAMESPACE\n", name, pullSecretName(name))
 	return nil
 }
 
+// robotSetDisabled is `pullgate robot disable` and `enable`.
 func robotSetDisabled(c *robotCommand, disabled bool) error {
 	c.flags("NAME")
 	pos, err := c.parse(1)
@@ -533,9 +550,11 @@ type robotListEntry struct {
 	LastUse *string `json:"lastUse"`
 }
 
+// robotList is `pullgate robot list`: every robot without its secrets, with when it last authenticated (from
+// the last-use file in PULLGATE_DATA_DIR), as a table or as JSON.
 func robotList(c *robotCommand, now time.Time) error {
-	fs := c.flags("[--json]")
-	asJSON := fs.Bool("json", false, `print {"robots":[...]} as JSON`)
+	set := c.flags("[--json]")
+	asJSON := set.Bool("json", false, `print {"robots":[...]} as JSON`)
 	if _, err := c.parse(0); err != nil {
 		return err
 	}
@@ -545,7 +564,7 @@ func robotList(c *robotCommand, now time.Time) error {
 	}
 	dataDir := c.env["PULLGATE_DATA_DIR"]
 	if dataDir == "" {
-		dataDir = defaultDataDir
+		dataDir = robotDefaultDataDir
 	}
 	lastUse, err := identity.ReadLastUse(filepath.Join(dataDir, identity.LastUseFile))
 	lastUseKnown := err == nil
@@ -557,12 +576,12 @@ func robotList(c *robotCommand, now time.Time) error {
 	entries := make([]robotListEntry, 0, len(robots))
 	for _, r := range robots {
 		e := robotListEntry{Name: r.Name, Description: r.Description, Pull: r.Pull, Admin: r.Admin,
-			Created: formatTime(r.Created), Disabled: r.Disabled}
+			Created: utcRFC3339(r.Created), Disabled: r.Disabled}
 		if e.Pull == nil {
 			e.Pull = []string{}
 		}
 		if r.Expires != nil {
-			e.Expires = ptrTo(formatTime(*r.Expires))
+			e.Expires = optionalRFC3339(r.Expires)
 			e.Expired = !r.Expires.After(now)
 		}
 		var older []identity.Secret
@@ -575,11 +594,11 @@ func robotList(c *robotCommand, now time.Time) error {
 			}
 		}
 		if len(older) > 0 {
-			e.GraceUntil = ptrTo(formatTime(*latestExpiry(older)))
+			e.GraceUntil = optionalRFC3339(latestExpiry(older))
 		}
 		// A last use before the robot was created was an earlier robot of the same name.
 		if t, ok := lastUse[r.Name]; ok && !t.Before(r.Created) {
-			e.LastUse = ptrTo(formatTime(t))
+			e.LastUse = optionalRFC3339(&t)
 		}
 		entries = append(entries, e)
 	}
@@ -594,6 +613,7 @@ func robotList(c *robotCommand, now time.Time) error {
 		fmt.Fprintln(c.stderr, "no robots")
 		return nil
 	}
+	yes := map[bool]string{true: "yes", false: "no"}
 	tw := tabwriter.NewWriter(c.stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "NAME\tPULL\tADMIN\tCREATED\tEXPIRES\tDISABLED\tSECRETS\tLAST USE\tDESCRIPTION")
 	for _, e := range entries {
@@ -619,8 +639,8 @@ func robotList(c *robotCommand, now time.Time) error {
 		case !lastUseKnown:
 			last = "unknown"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", printable(e.Name), printable(pull), yesNo(e.Admin), e.Created,
-			expires, yesNo(e.Disabled), secrets, last, printable(e.Description))
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", tableCell(e.Name), tableCell(pull), yes[e.Admin], e.Created,
+			expires, yes[e.Disabled], secrets, last, tableCell(e.Description))
 	}
 	return tw.Flush()
 }
@@ -640,6 +660,7 @@ type dockerConfig struct {
 	Auths map[string]dockerConfigEntry `json:"auths"`
 }
 
+// dockerConfigEntry is one registry's credentials in a dockerConfig.
 type dockerConfigEntry struct {
 	Username string `json:"username,omitempty"`
 	Password string `json:"password,omitempty"`
@@ -647,6 +668,7 @@ type dockerConfigEntry struct {
 	Auth     string `json:"auth,omitempty"`
 }
 
+// newDockerConfig is the docker config that logs in to each of servers as user.
 func newDockerConfig(servers []string, user, password string) dockerConfig {
 	c := dockerConfig{Auths: map[string]dockerConfigEntry{}}
 	for _, s := range servers {
@@ -665,6 +687,7 @@ type pullSecret struct {
 	Data       map[string][]byte `json:"data"`
 }
 
+// pullSecretMeta is a pullSecret's metadata.
 type pullSecretMeta struct {
 	Name      string `json:"name"`
 	Namespace string `json:"namespace"`
@@ -685,6 +708,16 @@ func pullSecretManifest(robot, namespace string, cfg dockerConfig) ([]byte, erro
 	})
 }
 
+// secretNameTakenBy returns the robot in f other than name whose pull Secret has the same name as name's, or "".
+func secretNameTakenBy(f *identity.File, name string) string {
+	for _, r := range f.Robots {
+		if r.Name != name && pullSecretName(r.Name) == pullSecretName(name) {
+			return r.Name
+		}
+	}
+	return ""
+}
+
 // pullSecretName is the name of a robot's Kubernetes pull Secret.
 func pullSecretName(robot string) string {
 	return pullSecretPrefix + strings.NewReplacer("_", "-", ".", "-").Replace(robot)
@@ -696,10 +729,6 @@ func printIssued(w io.Writer, is issued) error {
 	user := robotUserPrefix + is.robot
 	cfg := newDockerConfig(is.placement.servers, user, is.secret)
 	if is.placement.json {
-		var exp *string
-		if is.expires != nil {
-			exp = ptrTo(formatTime(*is.expires))
-		}
 		return json.NewEncoder(w).Encode(struct {
 			Name             string       `json:"name"`
 			Username         string       `json:"username"`
@@ -709,7 +738,7 @@ func printIssued(w io.Writer, is issued) error {
 			SecretName       string       `json:"secretName"`
 			Namespace        string       `json:"namespace"`
 			DockerConfigJSON dockerConfig `json:"dockerconfigjson"`
-		}{is.robot, user, is.secret, exp, is.placement.servers, pullSecretName(is.robot), is.placement.namespace, cfg})
+		}{is.robot, user, is.secret, optionalRFC3339(is.expires), is.placement.servers, pullSecretName(is.robot), is.placement.namespace, cfg})
 	}
 	manifest, err := pullSecretManifest(is.robot, is.placement.namespace, cfg)
 	if err != nil {
@@ -797,8 +826,8 @@ func validPullPattern(p string) error {
 	return nil
 }
 
-// validDNSLabel checks a Kubernetes namespace name (an RFC 1123 label).
-func validDNSLabel(s string) error {
+// validKubeLabel checks a Kubernetes namespace name (an RFC 1123 label).
+func validKubeLabel(s string) error {
 	if len(s) == 0 || len(s) > 63 {
 		return fmt.Errorf("%q: must be 1 to 63 characters", s)
 	}
@@ -812,19 +841,20 @@ func validDNSLabel(s string) error {
 	return nil
 }
 
-// validDNSSubdomain checks a Kubernetes object name such as a service account's (an RFC 1123 subdomain).
-func validDNSSubdomain(s string) error {
+// validKubeName checks a Kubernetes object name such as a service account's (an RFC 1123 subdomain).
+func validKubeName(s string) error {
 	if len(s) == 0 || len(s) > 253 {
 		return fmt.Errorf("%q: must be 1 to 253 characters", s)
 	}
 	for _, label := range strings.Split(s, ".") {
-		if err := validDNSLabel(label); err != nil {
+		if err := validKubeLabel(label); err != nil {
 			return fmt.Errorf("%q: dot-separated labels of lowercase letters, digits and '-', as Kubernetes names are", s)
 		}
 	}
 	return nil
 }
 
+// earliestExpiry is the earliest end among secrets, or nil if none has one.
 func earliestExpiry(secrets []identity.Secret) *time.Time {
 	var e *time.Time
 	for _, s := range secrets {
@@ -835,6 +865,7 @@ func earliestExpiry(secrets []identity.Secret) *time.Time {
 	return e
 }
 
+// latestExpiry is the latest end among secrets, or nil if none has one.
 func latestExpiry(secrets []identity.Secret) *time.Time {
 	var e *time.Time
 	for _, s := range secrets {
@@ -845,31 +876,34 @@ func latestExpiry(secrets []identity.Secret) *time.Time {
 	return e
 }
 
+// expiryPhrase says when a robot expires, to follow "Robot "x" created".
 func expiryPhrase(exp *time.Time) string {
 	if exp == nil {
 		return "; it never expires"
 	}
-	return "; it expires at " + formatTime(*exp)
+	return "; it expires at " + utcRFC3339(*exp)
 }
 
-func formatTime(t time.Time) string { return t.UTC().Format(time.RFC3339) }
+// utcRFC3339 is how robot commands show a time: RFC 3339 in UTC.
+func utcRFC3339(t time.Time) string { return t.UTC().Format(time.RFC3339) }
 
-func ptrTo[T any](v T) *T { return &v }
-
-func yesNo(b bool) string {
-	if b {
-		return "yes"
+// optionalRFC3339 is utcRFC3339 of *t, or nil (JSON null) for nil.
+func optionalRFC3339(t *time.Time) *string {
+	if t == nil {
+		return nil
 	}
-	return "no"
+	s := utcRFC3339(*t)
+	return &s
 }
 
-func isControl(r rune) bool { return r < ' ' || r == 0x7f }
+// isControlRune reports whether r is an ASCII control character.
+func isControlRune(r rune) bool { return r < ' ' || r == 0x7f }
 
-// printable replaces control characters, which a hand-edited robots file may hold, so that a table cell stays
+// tableCell replaces control characters, which a hand-edited robots file may hold, so that a table cell stays
 // one cell.
-func printable(s string) string {
+func tableCell(s string) string {
 	return strings.Map(func(r rune) rune {
-		if isControl(r) {
+		if isControlRune(r) {
 			return '?'
 		}
 		return r

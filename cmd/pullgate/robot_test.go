@@ -178,22 +178,21 @@ func TestRobotCreateThenList(t *testing.T) {
 
 func TestRobotCreateFlagsBeforeTheName(t *testing.T) {
 	tests := []struct {
-		name string
-		args []string
+		name     string
+		args     []string
+		fileFlag bool // --file PATH at the end instead of PULLGATE_ROBOTS_FILE
 	}{
-		{"flags first", []string{"create", "--allow", "ghcr.io/acme/**", "--expires", "never", "ci"}},
-		{"flags around", []string{"create", "--expires", "never", "ci", "--allow", "ghcr.io/acme/**"}},
-		{"double dash", []string{"create", "--allow", "ghcr.io/acme/**", "--expires", "never", "--", "ci"}},
-		{"file flag", []string{"create", "ci", "--allow", "ghcr.io/acme/**", "--expires", "never", "--file", ""}},
+		{"flags first", []string{"create", "--allow", "ghcr.io/acme/**", "--expires", "never", "ci"}, false},
+		{"flags around", []string{"create", "--expires", "never", "ci", "--allow", "ghcr.io/acme/**"}, false},
+		{"double dash", []string{"create", "--allow", "ghcr.io/acme/**", "--expires", "never", "--", "ci"}, false},
+		{"file flag", []string{"create", "ci", "--allow", "ghcr.io/acme/**", "--expires", "never"}, true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			e := newRobotEnv(t)
 			args := tt.args
-			if args[len(args)-1] == "" {
-				// --file instead of the environment.
-				args = slices.Clone(args)
-				args[len(args)-1] = e.path
+			if tt.fileFlag {
+				args = append(slices.Clone(args), "--file", e.path)
 				delete(e.env, "PULLGATE_ROBOTS_FILE")
 			}
 			e.must(robotT0, args...)
@@ -297,9 +296,10 @@ func TestRobotJSON(t *testing.T) {
 }
 
 func TestPullSecretManifest(t *testing.T) {
-	// Written by hand from the Kubernetes API (core/v1 Secret) and the docker config format.
-	config := `{"auths":{"reg.example:5443":{"username":"robot$ci.build_x","password":"pgr_test","auth":"` +
-		base64.StdEncoding.EncodeToString([]byte("robot$ci.build_x:pgr_test")) + `"}}}`
+	// Written by hand from the Kubernetes API (core/v1 Secret) and the docker config format. The password makes
+	// a '+' in the standard base64 of "user:password", which the URL alphabet would write as '-'.
+	const auth = "cm9ib3QkY2kuYnVpbGRfeDpwZ3Jffn5+fg=="
+	config := `{"auths":{"reg.example:5443":{"username":"robot$ci.build_x","password":"pgr_~~~~","auth":"` + auth + `"}}}`
 	want := `apiVersion: v1
 data:
   .dockerconfigjson: ` + base64.StdEncoding.EncodeToString([]byte(config)) + `
@@ -309,7 +309,7 @@ metadata:
   namespace: "123"
 type: kubernetes.io/dockerconfigjson
 `
-	got, err := pullSecretManifest("ci.build_x", "123", newDockerConfig([]string{"reg.example:5443"}, "robot$ci.build_x", "pgr_test"))
+	got, err := pullSecretManifest("ci.build_x", "123", newDockerConfig([]string{"reg.example:5443"}, "robot$ci.build_x", "pgr_~~~~"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -499,10 +499,38 @@ func TestRobotDelete(t *testing.T) {
 	if err := f.Write(e.path); err != nil {
 		t.Fatal(err)
 	}
-	if code, _, stderr := e.run(robotT0, "delete", "b"); code != 1 || !strings.Contains(stderr, "node-*.cluster.local") {
+	if code, _, stderr := e.run(robotT0, "delete", "b"); code != 1 || !strings.Contains(stderr, `client certificates ["node-*.cluster.local"] act as robot "b"`) {
 		t.Fatalf("deleting a robot clients map to: exit status %d, stderr %q", code, stderr)
 	}
 	e.robot("b")
+}
+
+// TestRobotSecretNamesDiffer holds that two robots never share a pull Secret name, which '.' and '_' (both
+// written as '-') could make: in one namespace, one Secret would replace the other.
+func TestRobotSecretNamesDiffer(t *testing.T) {
+	e := newRobotEnv(t)
+	e.must(robotT0, "create", "ci.build", "--allow", "docker.io/**")
+	for _, name := range []string{"ci_build", "ci-build"} {
+		code, stdout, stderr := e.run(robotT0, "create", name, "--allow", "docker.io/**")
+		if code != 1 || stdout != "" || !strings.Contains(stderr, `robot "ci.build" has the pull Secret name pullgate-robot-ci-build`) {
+			t.Errorf("create %s: exit status %d, stderr %q", name, code, stderr)
+		}
+	}
+	if f := e.file(); len(f.Robots) != 1 {
+		t.Fatalf("%d robots, want 1", len(f.Robots))
+	}
+
+	// One made by hand: delete does not offer to delete the Secret the other robot may use.
+	f := e.file()
+	twin := f.Robots[0]
+	twin.Name, twin.Secrets = "ci_build", nil
+	f.Robots = append(f.Robots, twin)
+	if err := f.Write(e.path); err != nil {
+		t.Fatal(err)
+	}
+	if out := e.must(robotT0, "delete", "ci_build"); strings.Contains(out, "kubectl delete") || !strings.Contains(out, `robot "ci.build"`) {
+		t.Errorf("delete's output: %s", out)
+	}
 }
 
 func TestRobotDisableEnable(t *testing.T) {
@@ -809,5 +837,17 @@ func TestRunRobot(t *testing.T) {
 				t.Fatalf("exit status %d, want %d; stderr %q lacks %q", code, tt.code, stderr.String(), tt.want)
 			}
 		})
+	}
+}
+
+// TestRobotDefaultsMatchTheServer holds that the robot commands assume the server's own defaults for the
+// address clients reach it by and for where it records last use.
+func TestRobotDefaultsMatchTheServer(t *testing.T) {
+	cfg, _, err := loadConfig(map[string]string{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Addr != robotDefaultAddr || cfg.DataDir != robotDefaultDataDir {
+		t.Fatalf("server defaults %q, %q; robot commands assume %q, %q", cfg.Addr, cfg.DataDir, robotDefaultAddr, robotDefaultDataDir)
 	}
 }
