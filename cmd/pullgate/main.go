@@ -36,6 +36,7 @@ const usage = `usage: pullgate <command>
 commands:
   serve    run the registry cache (configuration: PULLGATE_* environment variables, see the README)
   verify   re-hash every cached object and check the index; exit status 1 on any fault (stop pullgate first)
+  robot    manage robot accounts: create, list, rotate, delete, disable, enable (pullgate robot -h)
 `
 
 func main() {
@@ -53,6 +54,9 @@ func environ() map[string]string {
 
 // run is main without the process: it returns the exit status (2 for usage and configuration mistakes).
 func run(args []string, env map[string]string, stdout, stderr io.Writer) int {
+	if len(args) > 0 && args[0] == "robot" {
+		return runRobot(args[1:], env, stdout, stderr, robotOptions{})
+	}
 	if len(args) != 1 {
 		fmt.Fprint(stderr, usage)
 		return 2
