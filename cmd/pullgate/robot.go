@@ -305,20 +305,7 @@ func defaultServer(env map[string]string) (string, error) {
 	if err != nil || port == "" {
 		return "", robotUsagef("PULLGATE_ADDR %q is not a host:port address; pass --server HOST", addr)
 	}
-	host := "localhost"
-	for _, h := range strings.Split(env["PULLGATE_TLS_HOSTS"], ",") {
-		if h = strings.TrimSpace(h); h != "" && !strings.HasPrefix(h, "*") {
-			host = h
-			break
-		}
-	}
-	if port == "443" {
-		if strings.Contains(host, ":") {
-			return "[" + host + "]", nil
-		}
-		return host, nil
-	}
-	return net.JoinHostPort(host, port), nil
+	return publicHost(strings.Split(env["PULLGATE_TLS_HOSTS"], ","), addr), nil
 }
 
 // robotCreate is `pullgate robot create`: it adds a robot with one secret, making the robots file if it is
