@@ -89,7 +89,7 @@ func ValidRobotName(name string) error {
 		}
 	}
 	if last := name[len(name)-1]; last == '.' || last == '_' || last == '-' {
-		return fmt.Errorf("robot name %q: only lowercase letters, digits, '.', '_' and '-' (not first or last) are allowed", name)
+		return fmt.Errorf("robot name %q: only lowercase letters, digits, '.', '_' and '-' (not first or last) are allowed, as in Kubernetes names", name)
 	}
 	return nil
 }

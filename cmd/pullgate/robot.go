@@ -324,7 +324,7 @@ func robotCreate(c *robotCommand, now time.Time) error {
 		return err
 	}
 	name := pos[0]
-	if err := validNewRobotName(name); err != nil {
+	if err := identity.ValidRobotName(name); err != nil {
 		return robotUsagef("%v", err)
 	}
 	if len(allow) == 0 && !*admin {
@@ -787,18 +787,6 @@ func parseLifetime(s string) (time.Duration, error) {
 		return time.Duration(n) * 24 * time.Hour, nil
 	}
 	return time.ParseDuration(s)
-}
-
-// validNewRobotName checks a new robot's name: identity.ValidRobotName, and a last character that is a letter
-// or digit, as the name of its Kubernetes pull Secret needs.
-func validNewRobotName(name string) error {
-	if err := identity.ValidRobotName(name); err != nil {
-		return err
-	}
-	if last := name[len(name)-1]; !(last >= 'a' && last <= 'z' || last >= '0' && last <= '9') {
-		return fmt.Errorf("robot name %q: must end with a letter or digit, as Kubernetes names do", name)
-	}
-	return nil
 }
 
 // validPullPattern checks an --allow pattern. Besides compiling, it must be able to match a name: every

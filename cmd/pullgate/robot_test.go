@@ -639,7 +639,7 @@ func TestRobotCommandErrors(t *testing.T) {
 		{"empty pattern in a list", false, []string{"create", "x", "--allow", "docker.io/a,,docker.io/b"}, 2, []string{"empty value"}},
 		{"no pattern", false, []string{"create", "x"}, 2, []string{"--allow PATTERN is required"}},
 		{"upper-case name", false, []string{"create", "CI", "--allow", "docker.io/**"}, 2, []string{`robot name "CI"`}},
-		{"name ending in a dash", false, []string{"create", "ci-", "--allow", "docker.io/**"}, 2, []string{"must end with a letter or digit"}},
+		{"name ending in a dash", false, []string{"create", "ci-", "--allow", "docker.io/**"}, 2, []string{"not first or last"}},
 		{"name too long", false, []string{"create", strings.Repeat("a", 65), "--allow", "docker.io/**"}, 2, []string{"1 to 64 characters"}},
 		{"two names", false, []string{"create", "a", "b", "--allow", "docker.io/**"}, 2, []string{"want one robot NAME"}},
 		{"no name", false, []string{"rotate"}, 2, []string{"want one robot NAME"}},
