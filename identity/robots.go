@@ -76,7 +76,8 @@ const (
 )
 
 // ValidRobotName reports why name cannot be a robot's name, or nil: 1 to 64 characters of lowercase letters,
-// digits, '.', '_' and '-', starting with a letter or digit (so that it fits a Kubernetes Secret name).
+// digits, '.', '_' and '-', starting and ending with a letter or digit (so that it fits a Kubernetes Secret
+// name).
 func ValidRobotName(name string) error {
 	if name == "" || len(name) > maxRobotName {
 		return fmt.Errorf("robot name %q: must be 1 to %d characters", name, maxRobotName)
@@ -84,8 +85,11 @@ func ValidRobotName(name string) error {
 	for i, c := range name {
 		ok := c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || i > 0 && (c == '.' || c == '_' || c == '-')
 		if !ok {
-			return fmt.Errorf("robot name %q: only lowercase letters, digits, '.', '_' and '-' (not first) are allowed", name)
+			return fmt.Errorf("robot name %q: only lowercase letters, digits, '.', '_' and '-' (not first or last) are allowed", name)
 		}
+	}
+	if last := name[len(name)-1]; last == '.' || last == '_' || last == '-' {
+		return fmt.Errorf("robot name %q: only lowercase letters, digits, '.', '_' and '-' (not first or last) are allowed, as in Kubernetes names", name)
 	}
 	return nil
 }

@@ -335,11 +335,13 @@ func (h *Handler) names() []string {
 	return names
 }
 
-// fetch asks req's upstream for one object of req's repository.
+// fetch asks req's upstream for one object of req's repository, with the client's own credentials when it
+// passed them through (the upstream accepted them for this repository), else with pullgate's.
 func (h *Handler) fetch(ctx context.Context, req *request, method string, k kind, ref string, hdr http.Header) (*http.Response, error) {
 	kindPath := string(k)
 	if k == kindTags {
 		kindPath = "tags/list"
 	}
-	return req.up.Fetcher.Fetch(ctx, upstream.Request{Method: method, Repo: req.repo, Kind: kindPath, Ref: ref, Header: hdr})
+	return req.up.Fetcher.Fetch(ctx, upstream.Request{Method: method, Repo: req.repo, Kind: kindPath, Ref: ref, Header: hdr,
+		Credentials: upstreamCredentials(req.identity)})
 }

@@ -130,12 +130,12 @@ func (h *Handler) tagListing(ctx context.Context, req *request) (tagListing, err
 		return l, nil
 	}
 	req.cache = "miss"
-	up, repo := req.up, req.repo
+	up, repo, cred := req.up, req.repo, upstreamCredentials(req.identity)
 	v, err := h.flight(ctx, "tags\x00"+key, func(ctx context.Context) (any, error) {
 		if l, ok := h.tagLists.get(key, h.opts.Now(), h.opts.TagTTL); ok {
 			return l, nil // read by a flight that ended after this request looked
 		}
-		l, err := h.upstreamTags(ctx, up, repo)
+		l, err := h.upstreamTags(ctx, up, repo, cred)
 		if err != nil {
 			return tagListing{}, err
 		}
@@ -154,8 +154,8 @@ func (h *Handler) tagListing(ctx context.Context, req *request) (tagListing, err
 }
 
 // upstreamTags reads the upstream's whole tag list of repo, following its Link pagination, within maxTagPages,
-// maxTags and maxTagListBytes.
-func (h *Handler) upstreamTags(ctx context.Context, up *Upstream, repo string) (tagListing, error) {
+// maxTags and maxTagListBytes, with a passthrough client's credentials (cred) or pullgate's own (nil).
+func (h *Handler) upstreamTags(ctx context.Context, up *Upstream, repo string, cred *upstream.Credentials) (tagListing, error) {
 	var l tagListing
 	budget := int64(maxTagListBytes)
 	query := url.Values{}
@@ -164,7 +164,7 @@ func (h *Handler) upstreamTags(ctx context.Context, up *Upstream, repo string) (
 			l.truncated = true
 			break
 		}
-		resp, err := up.Fetcher.Fetch(ctx, upstream.Request{Method: http.MethodGet, Repo: repo, Kind: "tags/list", Query: query})
+		resp, err := up.Fetcher.Fetch(ctx, upstream.Request{Method: http.MethodGet, Repo: repo, Kind: "tags/list", Query: query, Credentials: cred})
 		if err != nil {
 			return tagListing{}, err
 		}

@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
 	"time"
 
@@ -120,7 +121,7 @@ func (c *Client) ping(ctx context.Context) (any, error) {
 	ch := &challenge{}
 	switch {
 	case resp.StatusCode == http.StatusTooManyRequests || resp.StatusCode >= 500:
-		return nil, c.statusError(resp)
+		return nil, c.statusError(resp, nil)
 	case resp.StatusCode == http.StatusUnauthorized && c.ownHost(resp):
 		// A challenge from another host that /v2/ redirected to is not the upstream's.
 		ch = parseChallenges(resp.Header.Values("WWW-Authenticate"))
@@ -157,11 +158,12 @@ type auth struct {
 	cachedToken bool     // bearer: the token came from the cache, not a request made for this Fetch
 }
 
-// authorize returns the Authorization for a request to repo under challenge ch.
-func (c *Client) authorize(ctx context.Context, ch *challenge, repo string) (auth, error) {
+// authorize returns the Authorization for a request to repo under challenge ch, with cred, or with
+// the keychain when cred is nil.
+func (c *Client) authorize(ctx context.Context, ch *challenge, repo string, cred *Credentials) (auth, error) {
 	switch ch.scheme {
 	case schemeBasic:
-		cfg, err := c.credentials(ctx)
+		cfg, err := c.credentialsFor(ctx, cred)
 		if err != nil || (cfg.Username == "" && cfg.Password == "") {
 			return auth{}, err
 		}
@@ -169,13 +171,14 @@ func (c *Client) authorize(ctx context.Context, ch *challenge, repo string) (aut
 	case schemeBearer:
 		scope := "repository:" + repo + ":pull"
 		// Tokens are cached by the realm and service that issued them as well as by scope: a
-		// token is only ever sent back under the challenge it was obtained for.
-		key := tokenKey{realm: ch.realm, service: ch.service, scope: scope}
+		// token is only ever sent back under the challenge it was obtained for. They are cached,
+		// and fetched once for concurrent requests, by whose credentials obtained them too.
+		key := tokenKey{realm: ch.realm, service: ch.service, scope: scope, client: cred.cacheKey()}
 		if t, ok := c.cachedToken(key); ok {
 			return auth{header: "Bearer " + t, key: key, token: t, cachedToken: true}, nil
 		}
 		v, err := c.shared(ctx, "token "+key.String(), func(ctx context.Context) (any, error) {
-			return c.fetchToken(ctx, ch, key)
+			return c.fetchToken(ctx, ch, key, cred)
 		})
 		if err != nil {
 			return auth{}, err
@@ -184,6 +187,15 @@ func (c *Client) authorize(ctx context.Context, ch *challenge, repo string) (aut
 		return auth{header: "Bearer " + t, key: key, token: t}, nil
 	}
 	return auth{}, nil
+}
+
+// credentialsFor returns cred when it is not nil, else the keychain's credentials: a request with a
+// client's own credentials never consults the keychain.
+func (c *Client) credentialsFor(ctx context.Context, cred *Credentials) (authn.AuthConfig, error) {
+	if cred != nil {
+		return authn.AuthConfig{Username: cred.Username, Password: cred.Password}, nil
+	}
+	return c.credentials(ctx)
 }
 
 // credentials resolves the keychain for Host(). Its errors never hold the secrets.
@@ -223,13 +235,17 @@ type token struct {
 	refreshAt time.Time // fetch a new one from then on
 }
 
-// tokenKey is what a cached token was issued for: the realm and service of the challenge and the
-// scope.
+// tokenKey is what a cached token was issued for: the realm and service of the challenge, the scope,
+// and whose credentials obtained it.
 type tokenKey struct {
 	realm, service, scope string
+	client                string // Credentials.cacheKey of a request's own credentials; "" for the keychain's
 }
 
-func (k tokenKey) String() string { return k.realm + " " + k.service + " " + k.scope }
+// String returns the key as one string that no other key gives (realm and service are quoted).
+func (k tokenKey) String() string {
+	return strconv.Quote(k.realm) + " " + strconv.Quote(k.service) + " " + k.scope + " " + k.client
+}
 
 const (
 	defaultTokenLifetime = 60 * time.Second
@@ -284,11 +300,12 @@ func (c *Client) storeToken(key tokenKey, t token) {
 	c.tokens[key] = t
 }
 
-// fetchToken asks the token service of ch for a token for scope, caches it and returns it. A registry
-// token from the keychain is used as it is, without a request.
-func (c *Client) fetchToken(ctx context.Context, ch *challenge, key tokenKey) (any, error) {
+// fetchToken asks the token service of ch for a token for key's scope with cred (the keychain's
+// credentials when nil), caches it under key and returns it. A registry token from the keychain is
+// used as it is, without a request.
+func (c *Client) fetchToken(ctx context.Context, ch *challenge, key tokenKey, cred *Credentials) (any, error) {
 	scope := key.scope
-	cfg, err := c.credentials(ctx)
+	cfg, err := c.credentialsFor(ctx, cred)
 	if err != nil {
 		return nil, err
 	}
@@ -335,11 +352,10 @@ func (c *Client) fetchToken(ctx context.Context, ch *challenge, key tokenKey) (a
 		return nil, err
 	}
 	if resp.StatusCode != http.StatusOK {
-		err := c.statusError(resp)
-		if se, ok := err.(*StatusError); ok {
-			se.Message = strings.TrimSuffix("token request refused: "+se.Message, ": ")
-		}
-		return nil, err
+		se := c.statusError(resp, cred)
+		se.Message = strings.TrimSuffix("token request refused: "+se.Message, ": ")
+		se.fromTokenService = true
+		return nil, se
 	}
 	defer resp.Body.Close()
 	defer c.limitBodyTime(resp)()

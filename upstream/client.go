@@ -81,6 +81,12 @@ type Request struct {
 	Ref    string      // tag or digest; empty for "tags/list"
 	Query  url.Values  // e.g. n and last for tags, artifactType for referrers; nil means none
 	Header http.Header // e.g. Accept, Range, If-None-Match; Authorization is never forwarded
+	// Credentials, when not nil, are a client's own credentials for the upstream: the request is
+	// authenticated with them instead of Options.Keychain (a Basic header, or a token from the token
+	// service asked with them), and the tokens obtained are used only for requests with the same
+	// Credentials. Nil means pullgate's own credentials (the keychain). A username holding a NUL byte
+	// is an invalid request.
+	Credentials *Credentials
 }
 
 const (
@@ -191,7 +197,10 @@ func (c *Client) Host() string { return c.base.Host }
 //     registry's 401/403, never an anonymous retry; a 401 from a redirect target (a CDN) never
 //     changes how the Client authenticates, only the upstream's own host:port does;
 //   - a 429 is remembered: until its Retry-After has passed, Fetch answers a *StatusError 429 without
-//     contacting the upstream;
+//     contacting the upstream; a 429 answered to a request with Credentials is not remembered (it
+//     counts that client's quota, not pullgate's), but a remembered one holds for every request;
+//   - a *StatusError never holds the password of Request.Credentials, even when the upstream echoes
+//     it;
 //   - an error wrapping ErrUnavailable for connection errors, timeouts and an open circuit;
 //   - an error wrapping ErrOffline when Options.Offline is set;
 //   - an error wrapping ctx.Err() when ctx ends first.
@@ -203,6 +212,11 @@ func (c *Client) Fetch(ctx context.Context, r Request) (*http.Response, error) {
 	if err != nil {
 		return nil, err
 	}
+	var cred *Credentials
+	if r.Credentials != nil {
+		v := *r.Credentials // the caller's may change while this request runs
+		cred = &v
+	}
 	if err := c.rateLimited(); err != nil {
 		return nil, err
 	}
@@ -211,7 +225,7 @@ func (c *Client) Fetch(ctx context.Context, r Request) (*http.Response, error) {
 		return nil, err
 	}
 	for attempt := 0; ; attempt++ {
-		a, err := c.authorize(ctx, ch, r.Repo)
+		a, err := c.authorize(ctx, ch, r.Repo, cred)
 		if err != nil {
 			return nil, err
 		}
@@ -256,7 +270,7 @@ func (c *Client) Fetch(ctx context.Context, r Request) (*http.Response, error) {
 				continue
 			}
 		}
-		return nil, c.statusError(resp)
+		return nil, c.statusError(resp, cred)
 	}
 }
 
@@ -283,6 +297,9 @@ func (c *Client) requestURL(r Request) (method, kind, u string, err error) {
 	}
 	if names.ValidateRepository(r.Repo) != nil {
 		return bad("repository %q", r.Repo)
+	}
+	if err := r.Credentials.validate(); err != nil {
+		return bad("%v", err)
 	}
 	path := c.base.Path + "/v2/" + r.Repo + "/"
 	switch r.Kind {
@@ -353,20 +370,22 @@ func (c *Client) rateLimited() error {
 	return &e
 }
 
-// statusError turns a non-2xx response into a *StatusError, remembering a 429. It reads at most
-// maxErrorBody bytes of the body, for at most Timeout, and keeps no code or message from a host that
-// a redirect pointed at.
-func (c *Client) statusError(resp *http.Response) error {
+// statusError turns a non-2xx response into a *StatusError, remembering a 429 answered to pullgate's
+// own credentials (cred nil). It reads at most maxErrorBody bytes of the body, for at most Timeout,
+// keeps no code or message from a host that a redirect pointed at, and no password of cred.
+func (c *Client) statusError(resp *http.Response, cred *Credentials) *StatusError {
 	now := c.opts.Now()
 	stop := c.limitBodyTime(resp)
-	e := newStatusError(c.opts.Name, resp, now)
+	e := newStatusError(c.opts.Name, resp, now, cred)
 	stop()
 	if redirectedAway(resp) {
 		// The host a redirect pointed at is not the upstream: its words are not passed on (a
 		// redirect to an internal service must not read that service's answers out to clients).
 		e.Code, e.Message = "", ""
 	}
-	if e.Status == http.StatusTooManyRequests {
+	if e.Status == http.StatusTooManyRequests && cred == nil {
+		// A client's own credentials have their own quota: their 429 must not stop pullgate's
+		// requests, nor other clients'.
 		c.mu.Lock()
 		if till := now.Add(e.RetryAfter); till.After(c.limitedTill) || c.limited == nil {
 			c.limitedTill = till

@@ -36,6 +36,8 @@ type StatusError struct {
 	// the upstream's Retry-After (seconds or HTTP date), or defaultRetryAfter when it sent none,
 	// capped at maxRetryAfter. It is 0 for other statuses.
 	RetryAfter time.Duration
+
+	fromTokenService bool // the answer came from the token service, not the registry
 }
 
 // Error returns e.g. `upstream docker.io: 429 Too Many Requests: TOOMANYREQUESTS: ... (retry after 1m0s)`.
@@ -59,16 +61,18 @@ func (e *StatusError) Error() string {
 const (
 	maxErrorBody      = 64 << 10 // bytes of an error body read to find the OCI error
 	maxMessage        = 512      // bytes of a message kept in a StatusError
+	maxCode           = 64       // bytes of an OCI error code kept in a StatusError
 	defaultRetryAfter = 60 * time.Second
 	maxRetryAfter     = 10 * time.Minute
 )
 
-// newStatusError reads (with a limit) and closes resp.Body and builds the StatusError for resp.
-func newStatusError(upstream string, resp *http.Response, now time.Time) *StatusError {
+// newStatusError reads (with a limit) and closes resp.Body and builds the StatusError for resp,
+// without the password of cred (nil for pullgate's own).
+func newStatusError(upstream string, resp *http.Response, now time.Time, cred *Credentials) *StatusError {
 	defer resp.Body.Close()
 	body, _ := io.ReadAll(io.LimitReader(resp.Body, maxErrorBody))
 	e := &StatusError{Upstream: upstream, Status: resp.StatusCode}
-	e.Code, e.Message = parseErrorBody(resp.Header.Get("Content-Type"), body)
+	e.Code, e.Message = parseErrorBody(resp.Header.Get("Content-Type"), body, cred)
 	if resp.StatusCode == http.StatusTooManyRequests {
 		e.RetryAfter = parseRetryAfter(resp.Header.Get("Retry-After"), now)
 	}
@@ -76,8 +80,16 @@ func newStatusError(upstream string, resp *http.Response, now time.Time) *Status
 }
 
 // parseErrorBody finds the first OCI error ({"errors":[{"code","message","detail"}]}) in body. A
-// text/plain body becomes the message; anything else gives nothing.
-func parseErrorBody(contentType string, body []byte) (code, message string) {
+// text/plain body becomes the message; anything else gives nothing. The password of cred (nil for
+// none), should the body echo it, is redacted before the code and message are cleaned and trimmed,
+// so no part of it is kept.
+func parseErrorBody(contentType string, body []byte, cred *Credentials) (code, message string) {
+	code, message = errorBodyFields(contentType, body)
+	return clean(cred.redact(code), maxCode), clean(cred.redact(message), maxMessage)
+}
+
+// errorBodyFields is parseErrorBody before redaction and cleaning.
+func errorBodyFields(contentType string, body []byte) (code, message string) {
 	var oci struct {
 		Errors []struct {
 			Code    string `json:"code"`
@@ -89,15 +101,15 @@ func parseErrorBody(contentType string, body []byte) (code, message string) {
 	}
 	if err := json.Unmarshal(body, &oci); err == nil {
 		if len(oci.Errors) > 0 {
-			return clean(oci.Errors[0].Code, 64), clean(oci.Errors[0].Message, maxMessage)
+			return oci.Errors[0].Code, oci.Errors[0].Message
 		}
 		if oci.Details != "" {
-			return "", clean(oci.Details, maxMessage)
+			return "", oci.Details
 		}
-		return "", clean(oci.Error, maxMessage)
+		return "", oci.Error
 	}
 	if mt, _, _ := mime.ParseMediaType(contentType); mt == "text/plain" {
-		return "", clean(string(body), maxMessage)
+		return "", string(body)
 	}
 	return "", ""
 }

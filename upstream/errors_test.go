@@ -24,7 +24,7 @@ func TestParseErrorBody(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			code, msg := parseErrorBody(tt.contentType, []byte(tt.body))
+			code, msg := parseErrorBody(tt.contentType, []byte(tt.body), nil)
 			if code != tt.wantCode || msg != tt.wantMsg {
 				t.Errorf("got %q, %q; want %q, %q", code, msg, tt.wantCode, tt.wantMsg)
 			}

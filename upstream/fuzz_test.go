@@ -291,7 +291,7 @@ func FuzzParseErrorBody(f *testing.F) {
 		f.Add(s[0], []byte(s[1]))
 	}
 	f.Fuzz(func(t *testing.T, contentType string, body []byte) {
-		code, msg := parseErrorBody(contentType, body)
+		code, msg := parseErrorBody(contentType, body, nil)
 		fzCheckClean(t, "code", code, 64)
 		fzCheckClean(t, "message", msg, maxMessage)
 	})
@@ -324,7 +324,7 @@ func FuzzErrorBodyRoundTrip(f *testing.F) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if gc, gm := parseErrorBody("application/json", body); gc != code || gm != msg {
+		if gc, gm := parseErrorBody("application/json", body, nil); gc != code || gm != msg {
 			t.Fatalf("%s: got %q %q", body, gc, gm)
 		}
 	})

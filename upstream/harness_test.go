@@ -275,6 +275,59 @@ func basicAuthWrap(user string, pass *atomic.Value) func(http.Handler) http.Hand
 	}
 }
 
+// testUser is an account of a test upstream with several users.
+type testUser struct {
+	pass  string
+	repos []string // the repositories the user may pull
+}
+
+// mayPull reports whether the user may pull repo.
+func (u testUser) mayPull(repo string) bool {
+	for _, r := range u.repos {
+		if r == repo {
+			return true
+		}
+	}
+	return false
+}
+
+// repoOf returns the repository of a /v2/<repo>/{manifests,blobs,tags,referrers}/... path, "" for
+// other paths.
+func repoOf(path string) string {
+	rest, ok := strings.CutPrefix(path, "/v2/")
+	if !ok {
+		return ""
+	}
+	for _, k := range []string{"/manifests/", "/blobs/", "/tags/", "/referrers/"} {
+		if i := strings.Index(rest, k); i > 0 {
+			return rest[:i]
+		}
+	}
+	return ""
+}
+
+// basicUsersWrap is a Basic-auth registry front with several accounts: every request needs one of
+// users (401 with a Basic challenge otherwise), and a request for a repository that the account may
+// not pull is denied (403 DENIED).
+func basicUsersWrap(users map[string]testUser) func(http.Handler) http.Handler {
+	return func(h http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			u, p, ok := r.BasicAuth()
+			acct, known := users[u]
+			if !ok || !known || p != acct.pass {
+				w.Header().Set("WWW-Authenticate", `Basic realm="test"`)
+				ociError(w, http.StatusUnauthorized, "UNAUTHORIZED", "authentication required")
+				return
+			}
+			if repo := repoOf(r.URL.Path); repo != "" && !acct.mayPull(repo) {
+				ociError(w, http.StatusForbidden, "DENIED", "requested access to the resource is denied")
+				return
+			}
+			h.ServeHTTP(w, r)
+		})
+	}
+}
+
 // tokenService is a bearer-token registry front: /token issues tokens (checking basic credentials
 // and the scope), and every /v2/ request needs a token for its repository.
 type tokenService struct {
@@ -283,9 +336,16 @@ type tokenService struct {
 	identity    string // accepted OAuth2 refresh token (identity token); empty means none
 	expiresIn   int
 	base        string // https://host:port, set after the server starts
+	// users, when not nil, are the accounts (user and pass are then unused). As Docker Hub does, a
+	// user asking for a repository it may not pull (or one that does not exist and that it may not
+	// pull) gets a token without access, which the registry refuses with a 401.
+	users map[string]testUser
 
 	mu       sync.Mutex
-	issued   map[string]string // token -> scope
+	gate     func(user string) // see setGate
+	issued   map[string]string // token -> scope it grants ("" for none)
+	owners   map[string]string // token -> Basic username that obtained it ("" anonymous)
+	byUser   map[string]int    // token requests by Basic username ("" anonymous)
 	next     int
 	requests int
 }
@@ -294,6 +354,29 @@ func (ts *tokenService) tokenRequests() int {
 	ts.mu.Lock()
 	defer ts.mu.Unlock()
 	return ts.requests
+}
+
+// tokenRequestsBy returns how many token requests carried user's Basic credentials (right or wrong).
+func (ts *tokenService) tokenRequestsBy(user string) int {
+	ts.mu.Lock()
+	defer ts.mu.Unlock()
+	return ts.byUser[user]
+}
+
+// setGate makes gate be called with the Basic username (or "") of each token request before it is
+// served, so a test can hold token requests.
+func (ts *tokenService) setGate(gate func(user string)) {
+	ts.mu.Lock()
+	defer ts.mu.Unlock()
+	ts.gate = gate
+}
+
+// owner returns the user that obtained tok, and whether ts issued it.
+func (ts *tokenService) owner(tok string) (string, bool) {
+	ts.mu.Lock()
+	defer ts.mu.Unlock()
+	u, ok := ts.owners[tok]
+	return u, ok
 }
 
 // revoke invalidates every token issued so far.
@@ -310,13 +393,8 @@ func (ts *tokenService) wrap(h http.Handler) http.Handler {
 			return
 		}
 		scope := ""
-		if rest, ok := strings.CutPrefix(r.URL.Path, "/v2/"); ok && rest != "" {
-			for _, k := range []string{"/manifests/", "/blobs/", "/tags/", "/referrers/"} {
-				if i := strings.Index(rest, k); i >= 0 {
-					scope = "repository:" + rest[:i] + ":pull"
-					break
-				}
-			}
+		if repo := repoOf(r.URL.Path); repo != "" {
+			scope = "repository:" + repo + ":pull"
 		}
 		tok, _ := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
 		ts.mu.Lock()
@@ -337,8 +415,20 @@ func (ts *tokenService) wrap(h http.Handler) http.Handler {
 
 func (ts *tokenService) serveToken(w http.ResponseWriter, r *http.Request) {
 	ts.mu.Lock()
+	gate := ts.gate
+	ts.mu.Unlock()
+	if gate != nil {
+		u, _, _ := r.BasicAuth()
+		gate(u)
+	}
+	ts.mu.Lock()
 	defer ts.mu.Unlock()
 	ts.requests++
+	if ts.byUser == nil {
+		ts.byUser = map[string]int{}
+	}
+	basicUser, _, _ := r.BasicAuth()
+	ts.byUser[basicUser]++
 	q := r.URL.Query()
 	scope := q.Get("scope")
 	if r.Method == http.MethodPost {
@@ -352,8 +442,15 @@ func (ts *tokenService) serveToken(w http.ResponseWriter, r *http.Request) {
 		scope = q.Get("scope")
 	}
 	u, p, ok := r.BasicAuth()
+	acct, known := ts.users[u]
 	switch {
 	case r.Method == http.MethodPost:
+	case ts.users != nil && ok && (!known || p != acct.pass):
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusUnauthorized)
+		io.WriteString(w, `{"details":"incorrect username or password"}`)
+		return
+	case ts.users != nil && ok:
 	case ok && (u != ts.user || p != ts.pass):
 		w.Header().Set("Content-Type", "application/json")
 		w.WriteHeader(http.StatusUnauthorized)
@@ -370,8 +467,15 @@ func (ts *tokenService) serveToken(w http.ResponseWriter, r *http.Request) {
 	if ts.issued == nil {
 		ts.issued = map[string]string{}
 	}
+	if ts.owners == nil {
+		ts.owners = map[string]string{}
+	}
 	ts.next++
 	tok := fmt.Sprintf("tok-%d", ts.next)
+	ts.owners[tok] = u
+	if ts.users != nil && !acct.mayPull(strings.TrimSuffix(strings.TrimPrefix(scope, "repository:"), ":pull")) {
+		scope = "" // a token without access
+	}
 	ts.issued[tok] = scope
 	w.Header().Set("Content-Type", "application/json")
 	if r.Method == http.MethodPost {
@@ -451,4 +555,96 @@ type countingDialer struct {
 func (d *countingDialer) DialContext(ctx context.Context, network, addr string) (net.Conn, error) {
 	d.n.Add(1)
 	return d.d.DialContext(ctx, network, addr)
+}
+
+// seenRequest is one request a test server received.
+type seenRequest struct {
+	method, path, query string
+	auth                string // Authorization, "" when none
+}
+
+// requestLog keeps every request a handler gets, in order.
+type requestLog struct {
+	mu   sync.Mutex
+	reqs []seenRequest
+}
+
+func (l *requestLog) wrap(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		l.mu.Lock()
+		l.reqs = append(l.reqs, seenRequest{r.Method, r.URL.Path, r.URL.RawQuery, r.Header.Get("Authorization")})
+		l.mu.Unlock()
+		h.ServeHTTP(w, r)
+	})
+}
+
+// all returns a copy of the requests so far.
+func (l *requestLog) all() []seenRequest {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return append([]seenRequest(nil), l.reqs...)
+}
+
+// The accounts of the multi-user upstreams. The passwords are distinctive, so tests can look for them
+// in errors and events.
+const (
+	alicePass = "alice-Pw-7f3e9c1d"
+	bobPass   = "bob-Pw-2b8a4e60"
+	ownUser   = "pullgate" // the proxy's own account, in the Client's keychain
+	ownPass   = "pullgate-Pw-5d1c0a9f"
+)
+
+// testUsers returns the accounts of the multi-user upstreams: alice may pull test/app (which exists)
+// and test/missing (which does not), bob only test/other, and pullgate's own account all three.
+func testUsers() map[string]testUser {
+	return map[string]testUser{
+		"alice": {pass: alicePass, repos: []string{"test/app", "test/missing"}},
+		"bob":   {pass: bobPass, repos: []string{"test/other"}},
+		ownUser: {pass: ownPass, repos: []string{"test/app", "test/other", "test/missing"}},
+	}
+}
+
+// multiUpstream is a registry behind a front with testUsers (Basic, or a token service), and the
+// test's handles on it.
+type multiUpstream struct {
+	*upstreamServer
+	ts     *tokenService // nil for the Basic front
+	log    *requestLog   // every request to the server under test, token requests included
+	faults *faults       // in front of the authentication
+	other  testImage     // test/other:v1
+}
+
+// newMultiUpstream starts a registry with test/app:v1 and test/other:v1 behind a Basic front, or a
+// bearer front when bearer is set.
+func newMultiUpstream(t *testing.T, bearer bool) *multiUpstream {
+	t.Helper()
+	m := &multiUpstream{log: &requestLog{}, faults: &faults{}}
+	front := basicUsersWrap(testUsers())
+	if bearer {
+		m.ts = &tokenService{users: testUsers(), expiresIn: 300}
+		front = m.ts.wrap
+	}
+	m.upstreamServer = newUpstream(t, func(h http.Handler) http.Handler { return m.log.wrap(m.faults.wrap(front(h))) })
+	if bearer {
+		m.ts.base = m.srv.URL
+	}
+	m.other = pushImage(t, m.push, "test/other", "v1")
+	return m
+}
+
+// who returns whom an Authorization value speaks for: the Basic username, the user that obtained a
+// bearer token, "" for none, and "unknown token" for a token the token service did not issue.
+func (m *multiUpstream) who(auth string) string {
+	if tok, ok := strings.CutPrefix(auth, "Bearer "); ok && m.ts != nil {
+		if u, ok := m.ts.owner(tok); ok {
+			return u
+		}
+		return "unknown token"
+	}
+	if auth == "" {
+		return ""
+	}
+	r := &http.Request{Header: http.Header{"Authorization": {auth}}}
+	u, _, _ := r.BasicAuth()
+	return u
 }

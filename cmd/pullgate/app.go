@@ -176,6 +176,10 @@ func (a *app) run(ctx context.Context) error {
 	}
 	log.Info("pullgate serving", "addr", ln.Addr().String(), "metrics", mln.Addr().String(),
 		"data_dir", cfg.DataDir, "upstreams", names, "default_upstream", cfg.DefaultUpstream)
+	if a.identity != nil {
+		stopRecording := a.recordLastUse(time.Minute)
+		defer stopRecording()
+	}
 
 	select {
 	case <-ctx.Done():

@@ -8,6 +8,8 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
+	"time"
 
 	"github.com/pullgate/pullgate/identity"
 	"github.com/pullgate/pullgate/metrics"
@@ -22,9 +24,6 @@ const openWarning = "OPEN: no client identities are configured (PULLGATE_ROBOTS_
 
 // tokenKeysDir is where the token service's signing keys live, under the data directory.
 func tokenKeysDir(dataDir string) string { return filepath.Join(dataDir, "token-keys") }
-
-// lastUseFile is where the server records when each robot last authenticated, for `pullgate robot list`.
-func lastUseFile(dataDir string) string { return filepath.Join(dataDir, "robots-last-use.json") }
 
 // newIdentity builds the identity service from the configuration, or returns nil when no identity is
 // configured (pullgate is then open).
@@ -85,14 +84,21 @@ func clientCAs(file string) (*x509.CertPool, error) {
 }
 
 // publicHost is the host[:port] clients reach pullgate at, for challenges and for the pull secrets `pullgate
-// robot` prints: the first of PULLGATE_TLS_HOSTS (else localhost) with PULLGATE_ADDR's port unless it is 443.
+// robot` prints: the first of PULLGATE_TLS_HOSTS that is not a wildcard (else localhost), with PULLGATE_ADDR's
+// port unless it is 443.
 func publicHost(tlsHosts []string, addr string) string {
 	host := "localhost"
-	if len(tlsHosts) > 0 && tlsHosts[0] != "" {
-		host = tlsHosts[0]
+	for _, h := range tlsHosts {
+		if h = strings.TrimSpace(h); h != "" && !strings.HasPrefix(h, "*") {
+			host = h
+			break
+		}
 	}
 	_, port, err := net.SplitHostPort(addr)
 	if err != nil || port == "" || port == "443" {
+		if strings.Contains(host, ":") {
+			return "[" + host + "]"
+		}
 		return host
 	}
 	return net.JoinHostPort(host, port)
@@ -116,4 +122,51 @@ func (c upstreamChecker) CheckPull(ctx context.Context, up, repo, username, pass
 		return fmt.Errorf("%w: %v", identity.ErrDenied, err)
 	}
 	return err
+}
+
+// recordLastUse writes when each robot last authenticated into the data directory's last-use file (read by
+// `pullgate robot list`) every interval, and once more when the returned stop is called. Times only move
+// forward: a robot's entry written by an earlier run is kept until this run sees a newer use.
+func (a *app) recordLastUse(interval time.Duration) (stop func()) {
+	file := filepath.Join(a.cfg.DataDir, identity.LastUseFile)
+	write := func() {
+		seen := a.identity.LastUse()
+		if len(seen) == 0 {
+			return
+		}
+		all, err := identity.ReadLastUse(file)
+		if err != nil {
+			a.log.Warn("reading the robots' last-use file; writing it anew", "file", file, "error", err)
+			all = identity.LastUse{}
+		}
+		changed := false
+		for name, t := range seen {
+			if t.After(all[name]) {
+				all[name], changed = t, true
+			}
+		}
+		if !changed {
+			return
+		}
+		if err := all.Write(file); err != nil {
+			a.log.Warn("writing the robots' last-use file", "file", file, "error", err)
+		}
+	}
+	done := make(chan struct{})
+	finished := make(chan struct{})
+	go func() {
+		defer close(finished)
+		t := time.NewTicker(interval)
+		defer t.Stop()
+		for {
+			select {
+			case <-t.C:
+				write()
+			case <-done:
+				write()
+				return
+			}
+		}
+	}()
+	return func() { close(done); <-finished }
 }

@@ -36,6 +36,9 @@ const usage = `usage: pullgate <command>
 commands:
   serve    run the registry cache (configuration: PULLGATE_* environment variables, see the README)
   verify   re-hash every cached object and check the index; exit status 1 on any fault (stop pullgate first)
+  robot    manage robot accounts: create, list, rotate, delete, disable, enable (pullgate robot -h)
+  token    rotate-key [--keep N]: make a new signing key for the token service (a running pullgate uses it
+           within seconds); the N newest keys are kept, so that tokens signed before stay valid until they expire
 `
 
 func main() {
@@ -53,6 +56,12 @@ func environ() map[string]string {
 
 // run is main without the process: it returns the exit status (2 for usage and configuration mistakes).
 func run(args []string, env map[string]string, stdout, stderr io.Writer) int {
+	if len(args) > 0 && args[0] == "robot" {
+		return runRobot(args[1:], env, stdout, stderr, robotOptions{})
+	}
+	if len(args) > 0 && args[0] == "token" {
+		return runToken(args[1:], env, stdout, stderr)
+	}
 	if len(args) != 1 {
 		fmt.Fprint(stderr, usage)
 		return 2

@@ -12,6 +12,8 @@ package main
 import (
 	"bufio"
 	"context"
+	"encoding/base64"
+	"encoding/json"
 	"flag"
 	"fmt"
 	"io"
@@ -121,9 +123,17 @@ func run() error {
 	if pgData == "" {
 		pgData = filepath.Join(dir, "pullgate-data")
 	}
+	// Client identities are on: a robot may pull everything, and so may anonymous clients, so that one pullgate
+	// answers both and the authenticated rows compare with the anonymous ones.
+	robotsFile := filepath.Join(dir, "robots.yaml")
+	robot, err := createRobot(ctx, bin, robotsFile)
+	if err != nil {
+		return err
+	}
 	pg, err := e2e.StartPullgate(ctx, e2e.PullgateOptions{Bin: bin, DataDir: pgData, LogDir: logDir,
 		CertFile: certFile, KeyFile: keyFile, CA: ca, Upstreams: "local=" + throttles[0].URL, Default: "local",
-		UpstreamCAFile: ca.CertFile, Env: []string{"PULLGATE_LOG_LEVEL=warn"}})
+		UpstreamCAFile: ca.CertFile, Env: []string{"PULLGATE_LOG_LEVEL=warn", "PULLGATE_ROBOTS_FILE=" + robotsFile,
+			"PULLGATE_ANONYMOUS=local/**", "PULLGATE_TOKEN_TTL=1h"}})
 	if err != nil {
 		return err
 	}
@@ -186,14 +196,29 @@ func run() error {
 	}
 
 	log.Printf("warm manifest by tag: %d connections, %d x %v each", *conns, *rounds, *duration)
-	r := loadRounds(ctx, ca, *conns, *duration, pgT.url+tagPath, peerT.url+tagPath)
+	r := loadRounds(ctx, ca, *conns, *duration, plain(pgT.url+tagPath, peerT.url+tagPath)...)
 	a, b := r[0], r[1]
 	rows = append(rows,
 		row{fmt.Sprintf("warm manifest by tag, req/s (%d conns)", *conns), f0(a.rps()), f0(b.rps()), ratio(a.rps(), b.rps()), a.errNote() + b.errNote(), ">= 20x peer", meets(a.rps() >= 20*b.rps(), "x")},
 		row{"warm manifest by tag, p99", ms(a.p99()), ms(b.p99()), ratio(float64(a.p99()), float64(b.p99())), "", "", ""})
 
+	log.Printf("warm manifest by tag, authenticated: %d connections, %d x %v each (anonymous, bearer token, basic)", *conns, *rounds, *duration)
+	token, err := fetchToken(ctx, rt, pgT.url, robot, small.Repo)
+	if err != nil {
+		return err
+	}
+	basic := "Basic " + base64.StdEncoding.EncodeToString([]byte(robot.Username+":"+robot.Secret))
+	r = loadRounds(ctx, ca, *conns, *duration, endpoint{url: pgT.url + tagPath}, endpoint{url: pgT.url + tagPath, auth: "Bearer " + token},
+		endpoint{url: pgT.url + tagPath, auth: basic})
+	anon, bearer, basicR := r[0], r[1], r[2]
+	rows = append(rows,
+		row{"warm manifest by tag, robot with a token, req/s", f0(bearer.rps()), "", "", fmt.Sprintf("%sanonymous %s req/s; token/anonymous %s", anon.errNote()+bearer.errNote(), f0(anon.rps()), ratio(bearer.rps(), anon.rps())),
+			">= 0.8x anonymous", meets(bearer.rps() >= 0.8*anon.rps(), "x")},
+		row{"warm manifest by tag, robot with Basic, req/s", f0(basicR.rps()), "", "", fmt.Sprintf("%sbasic/anonymous %s", basicR.errNote(), ratio(basicR.rps(), anon.rps())),
+			">= 0.8x anonymous", meets(basicR.rps() >= 0.8*anon.rps(), "x")})
+
 	log.Printf("warm manifest by digest: %d connections, %d x %v each (pullgate, peer, Go file server)", *conns, *rounds, *duration)
-	r = loadRounds(ctx, ca, *conns, *duration, pgT.url+digestPath, peerT.url+digestPath, mCeiling+digestPath)
+	r = loadRounds(ctx, ca, *conns, *duration, plain(pgT.url+digestPath, peerT.url+digestPath, mCeiling+digestPath)...)
 	a, b, c := r[0], r[1], r[2]
 	rows = append(rows,
 		row{fmt.Sprintf("warm manifest by digest, req/s (%d conns)", *conns), f0(a.rps()), f0(b.rps()), ratio(a.rps(), b.rps()),
@@ -202,7 +227,7 @@ func run() error {
 		row{"warm manifest by digest, p99", ms(a.p99()), ms(b.p99()), ratio(float64(a.p99()), float64(b.p99())), "Go file server " + ms(c.p99()), "", ""})
 
 	log.Printf("warm 50 MB blob: %d connections, %d x %v each (pullgate, peer, Go file server)", *blobConns, *rounds, *duration)
-	r = loadRounds(ctx, ca, *blobConns, *duration, pgT.url+blobPath, peerT.url+blobPath, ceiling+blobPath)
+	r = loadRounds(ctx, ca, *blobConns, *duration, plain(pgT.url+blobPath, peerT.url+blobPath, ceiling+blobPath)...)
 	a, b, c = r[0], r[1], r[2]
 	rows = append(rows,
 		row{fmt.Sprintf("warm 50 MB blob, MB/s (%d conns)", *blobConns), f0(a.mbps()), f0(b.mbps()), ratio(a.mbps(), b.mbps()),
@@ -343,7 +368,7 @@ func (r result) errNote() string {
 
 // loadRounds runs load on each url in turn, -rounds times, and adds up each url's runs: interleaving spreads
 // the noise of a shared machine over all of them.
-func loadRounds(ctx context.Context, ca *e2e.CA, conns int, d time.Duration, urls ...string) []result {
+func loadRounds(ctx context.Context, ca *e2e.CA, conns int, d time.Duration, urls ...endpoint) []result {
 	total := make([]result, len(urls))
 	for range *rounds {
 		for i, u := range urls {
@@ -363,7 +388,7 @@ func loadRounds(ctx context.Context, ca *e2e.CA, conns int, d time.Duration, url
 }
 
 // load sends GET url from conns connections (one transport each) as fast as answers come, for d.
-func load(ctx context.Context, ca *e2e.CA, url string, conns int, d time.Duration) result {
+func load(ctx context.Context, ca *e2e.CA, ep endpoint, conns int, d time.Duration) result {
 	var mu sync.Mutex
 	var total result
 	var wg sync.WaitGroup
@@ -379,7 +404,7 @@ func load(ctx context.Context, ca *e2e.CA, url string, conns int, d time.Duratio
 			var r result
 			for time.Now().Before(deadline) && ctx.Err() == nil {
 				t0 := time.Now()
-				n, err := get(ctx, client, url)
+				n, err := get(ctx, client, ep.url, ep.auth)
 				if err != nil {
 					r.errs++
 					if r.firstErr == "" {
@@ -408,10 +433,65 @@ func load(ctx context.Context, ca *e2e.CA, url string, conns int, d time.Duratio
 	return total
 }
 
-func get(ctx context.Context, client *http.Client, url string) (int64, error) {
+// robotCredentials is what `pullgate robot create --json` prints, in part.
+type robotCredentials struct {
+	Username string `json:"username"`
+	Secret   string `json:"secret"`
+}
+
+// createRobot makes a robot that may pull everything from the upstream "local", with the real CLI.
+func createRobot(ctx context.Context, bin, robotsFile string) (robotCredentials, error) {
+	out, err := e2e.Run(ctx, time.Minute, []string{"PULLGATE_ROBOTS_FILE=" + robotsFile}, bin, "robot", "create", "bench",
+		"--allow", "local/**", "--expires", "1d", "--json")
+	if err != nil {
+		return robotCredentials{}, err
+	}
+	var c robotCredentials
+	if err := json.Unmarshal([]byte(out), &c); err != nil || c.Secret == "" {
+		return robotCredentials{}, fmt.Errorf("pullgate robot create: %v: %q", err, out)
+	}
+	return c, nil
+}
+
+// fetchToken logs the robot in at pullgate's token service for pulls of repo.
+func fetchToken(ctx context.Context, rt http.RoundTripper, base string, c robotCredentials, repo string) (string, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, base+"/token?service=pullgate&scope=repository:"+repo+":pull", nil)
+	if err != nil {
+		return "", err
+	}
+	req.SetBasicAuth(c.Username, c.Secret)
+	resp, err := (&http.Client{Transport: rt, Timeout: time.Minute}).Do(req)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	var t struct {
+		Token string `json:"token"`
+	}
+	if err := json.NewDecoder(io.LimitReader(resp.Body, 1<<20)).Decode(&t); err != nil || resp.StatusCode != http.StatusOK || t.Token == "" {
+		return "", fmt.Errorf("token: %s, %v", resp.Status, err)
+	}
+	return t.Token, nil
+}
+
+// endpoint is a URL to load, with the Authorization to send (empty: none).
+type endpoint struct{ url, auth string }
+
+func plain(urls ...string) []endpoint {
+	eps := make([]endpoint, len(urls))
+	for i, u := range urls {
+		eps[i] = endpoint{url: u}
+	}
+	return eps
+}
+
+func get(ctx context.Context, client *http.Client, url, auth string) (int64, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
 		return 0, err
+	}
+	if auth != "" {
+		req.Header.Set("Authorization", auth)
 	}
 	req.Header.Set("Accept", "application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json, "+
 		"application/vnd.oci.image.index.v1+json, application/vnd.docker.distribution.manifest.list.v2+json")
@@ -431,7 +511,7 @@ func get(ctx context.Context, client *http.Client, url string) (int64, error) {
 }
 
 func getOK(ctx context.Context, rt http.RoundTripper, url string) error {
-	_, err := get(ctx, &http.Client{Transport: rt, Timeout: time.Minute}, url)
+	_, err := get(ctx, &http.Client{Transport: rt, Timeout: time.Minute}, url, "")
 	return err
 }
 
@@ -500,7 +580,7 @@ func coldPull(ctx context.Context, t *http.Transport, base string, im e2e.Image)
 	defer t.CloseIdleConnections()
 	client := &http.Client{Transport: t, Timeout: 2 * time.Minute}
 	start := time.Now()
-	if _, err := get(ctx, client, base+"/v2/"+im.Repo+"/manifests/"+im.Tag); err != nil {
+	if _, err := get(ctx, client, base+"/v2/"+im.Repo+"/manifests/"+im.Tag, ""); err != nil {
 		return 0, err
 	}
 	sem := make(chan struct{}, max(1, *parallel))
@@ -509,7 +589,7 @@ func coldPull(ctx context.Context, t *http.Transport, base string, im e2e.Image)
 		sem <- struct{}{}
 		go func() {
 			defer func() { <-sem }()
-			_, err := get(ctx, client, base+"/v2/"+im.Repo+"/blobs/"+b.String())
+			_, err := get(ctx, client, base+"/v2/"+im.Repo+"/blobs/"+b.String(), "")
 			errs <- err
 		}()
 	}
@@ -564,7 +644,7 @@ func herd(ctx context.Context, ca *e2e.CA, url string, n int) (time.Duration, er
 	errs := make(chan error, n)
 	for _, c := range clients {
 		go func() {
-			_, err := get(ctx, c, url)
+			_, err := get(ctx, c, url, "")
 			errs <- err
 		}()
 	}
