@@ -31,7 +31,6 @@ const (
 	keyTempPrefix = ".pullgate-key-"
 	maxKeyFile    = 16 << 10
 	keyDirMode    = 0o700
-	keyFileMode   = 0o600
 )
 
 // signingKey is one key of a Signer's set.
@@ -271,21 +270,22 @@ func writeNewKey(dir string, now time.Time) (name, kid string, err error) {
 		}
 	}
 	name = keyFileName(t, kid)
-	if err := writeFileAtomic(dir, name, pem.EncodeToMemory(&pem.Block{Type: keyPEMType, Bytes: der})); err != nil {
+	if err := writeFileAtomic(dir, name, keyTempPrefix, pem.EncodeToMemory(&pem.Block{Type: keyPEMType, Bytes: der})); err != nil {
 		return "", "", fmt.Errorf("write key %s: %w", filepath.Join(dir, name), err)
 	}
 	return name, kid, nil
 }
 
-// writeFileAtomic writes data to dir/name through a temporary file (whose name is not a key file's) renamed
-// into place, so that a reader sees the whole file or none.
-func writeFileAtomic(dir, name string, data []byte) error {
-	tmp, err := os.CreateTemp(dir, keyTempPrefix+"*.tmp")
+// writeFileAtomic writes data to dir/name, readable by its owner only, through a temporary file named
+// tempPrefix* that is synced and renamed into place, so that a reader sees the whole file or none, and a crash
+// leaves the old file or the new one.
+func writeFileAtomic(dir, name, tempPrefix string, data []byte) error {
+	tmp, err := os.CreateTemp(dir, tempPrefix+"*.tmp")
 	if err != nil {
 		return err
 	}
 	defer os.Remove(tmp.Name())
-	if err := tmp.Chmod(keyFileMode); err != nil {
+	if err := tmp.Chmod(0o600); err != nil {
 		tmp.Close()
 		return err
 	}

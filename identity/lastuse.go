@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
-	"os"
 	"path/filepath"
 	"time"
 )
@@ -62,25 +61,5 @@ func (l LastUse) Write(path string) error {
 	if len(body)+1 > maxFileSize {
 		return fmt.Errorf("last-use file %s: %d robots make %d bytes, more than the %d a reader accepts", path, len(l), len(body), maxFileSize)
 	}
-	tmp, err := os.CreateTemp(filepath.Dir(path), ".robots-last-use-*.tmp")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp.Name())
-	if err := tmp.Chmod(0o600); err != nil {
-		tmp.Close()
-		return err
-	}
-	if _, err := tmp.Write(append(body, '\n')); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	return os.Rename(tmp.Name(), path)
+	return writeFileAtomic(filepath.Dir(path), filepath.Base(path), ".robots-last-use-", append(body, '\n'))
 }

@@ -185,7 +185,11 @@ func TestRobotLosesAccessAtOnce(t *testing.T) {
 		edit func(f *fixture, r *Robot)
 	}{
 		{"disabled", func(_ *fixture, r *Robot) { r.Disabled = true }},
-		{"expired", func(f *fixture, r *Robot) { e := f.clock.now().Add(time.Second); r.Expires = &e; f.clock.add(time.Second) }},
+		{"expired", func(f *fixture, r *Robot) {
+			e := f.clock.now().Add(time.Second)
+			r.Expires = &e
+			f.clock.add(time.Second)
+		}},
 		{"secret rotated out", func(f *fixture, r *Robot) {
 			_, s, err := NewSecret(f.clock.now(), bcrypt.MinCost)
 			if err != nil {
