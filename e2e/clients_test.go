@@ -253,17 +253,37 @@ func imageDigest(ls, ref string) string {
 // returns the socket's path once it answers.
 func startContainerd(ctx context.Context, t *testing.T, containerd, ctr string) string {
 	t.Helper()
-	dir, err := os.MkdirTemp("", "ctrd") // short: a unix socket path must fit in 108 bytes
+	sock, p := launchContainerd(t, "containerd", containerd, func(string) string { return "" })
+	err := Poll(ctx, 30*time.Second, "containerd", p.Exited(), func(ctx context.Context) error {
+		_, err := Run(ctx, 5*time.Second, nil, ctr, "--address", sock, "version")
+		return err
+	})
+	if err != nil {
+		t.Fatalf("%v\n%s", err, p.Tail(40))
+	}
+	return sock
+}
+
+// launchContainerd starts a containerd named name with its own root, state and socket in a short temporary
+// directory (a unix socket path must fit in 108 bytes) and returns the socket and the process; it is stopped
+// when t ends. cri returns the CRI plugin's configuration for that directory, or "" to leave the plugin off.
+func launchContainerd(t *testing.T, name, containerd string, cri func(dir string) string) (string, *Proc) {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "ctrd")
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
 	sock := filepath.Join(dir, "c.sock")
+	criConfig := cri(dir)
+	disabled := ""
+	if criConfig == "" {
+		disabled = "\n  \"io.containerd.grpc.v1.cri\","
+	}
 	config := fmt.Sprintf(`version = 2
 root = %q
 state = %q
-disabled_plugins = [
-  "io.containerd.grpc.v1.cri",
+disabled_plugins = [%s
   "io.containerd.snapshotter.v1.btrfs",
   "io.containerd.snapshotter.v1.zfs",
   "io.containerd.snapshotter.v1.devmapper",
@@ -277,29 +297,22 @@ disabled_plugins = [
   address = %q
 [debug]
   level = "info"
-`, filepath.Join(dir, "root"), filepath.Join(dir, "state"), sock, sock+".ttrpc")
+%s`, filepath.Join(dir, "root"), filepath.Join(dir, "state"), disabled, sock, sock+".ttrpc", criConfig)
 	configFile := filepath.Join(dir, "config.toml")
 	if err := os.WriteFile(configFile, []byte(config), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	p, err := StartProc(ProcSpec{Name: "containerd", Path: containerd, Args: []string{"--config", configFile}, LogDir: t.TempDir()})
+	p, err := StartProc(ProcSpec{Name: name, Path: containerd, Args: []string{"--config", configFile}, LogDir: t.TempDir()})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
 		if t.Failed() {
-			t.Logf("---- containerd (tail)\n%s", p.Tail(40))
+			t.Logf("---- %s (tail)\n%s", name, p.Tail(40))
 		}
 		if err := p.Stop(10 * time.Second); err != nil {
 			t.Log(err)
 		}
 	})
-	err = Poll(ctx, 30*time.Second, "containerd", p.Exited(), func(ctx context.Context) error {
-		_, err := Run(ctx, 5*time.Second, nil, ctr, "--address", sock, "version")
-		return err
-	})
-	if err != nil {
-		t.Fatalf("%v\n%s", err, p.Tail(40))
-	}
-	return sock
+	return sock, p
 }

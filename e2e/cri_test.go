@@ -38,30 +38,8 @@ func requireRoot(t *testing.T) {
 // and returns a CRI image service client once the plugin answers.
 func startCRIContainerd(ctx context.Context, t *testing.T, containerd, hostsDir string) runtimeapi.ImageServiceClient {
 	t.Helper()
-	dir, err := os.MkdirTemp("", "cri") // short: a unix socket path must fit in 108 bytes
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	sock := filepath.Join(dir, "c.sock")
-	config := fmt.Sprintf(`version = 2
-root = %q
-state = %q
-disabled_plugins = [
-  "io.containerd.snapshotter.v1.btrfs",
-  "io.containerd.snapshotter.v1.zfs",
-  "io.containerd.snapshotter.v1.devmapper",
-  "io.containerd.snapshotter.v1.aufs",
-  "io.containerd.tracing.processor.v1.otlp",
-  "io.containerd.internal.v1.tracing",
-]
-[grpc]
-  address = %q
-[ttrpc]
-  address = %q
-[debug]
-  level = "info"
-[plugins."io.containerd.grpc.v1.cri"]
+	sock, p := launchContainerd(t, "containerd-cri", containerd, func(dir string) string {
+		return fmt.Sprintf(`[plugins."io.containerd.grpc.v1.cri"]
   stream_server_address = "127.0.0.1"
   stream_server_port = "0"
   [plugins."io.containerd.grpc.v1.cri".containerd]
@@ -71,23 +49,7 @@ disabled_plugins = [
     conf_dir = %q
   [plugins."io.containerd.grpc.v1.cri".registry]
     config_path = %q
-`, filepath.Join(dir, "root"), filepath.Join(dir, "state"), sock, sock+".ttrpc",
-		filepath.Join(dir, "cni-bin"), filepath.Join(dir, "cni-conf"), hostsDir)
-	configFile := filepath.Join(dir, "config.toml")
-	if err := os.WriteFile(configFile, []byte(config), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	p, err := StartProc(ProcSpec{Name: "containerd-cri", Path: containerd, Args: []string{"--config", configFile}, LogDir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if t.Failed() {
-			t.Logf("---- containerd with CRI (tail)\n%s", p.Tail(40))
-		}
-		if err := p.Stop(10 * time.Second); err != nil {
-			t.Log(err)
-		}
+`, filepath.Join(dir, "cni-bin"), filepath.Join(dir, "cni-conf"), hostsDir)
 	})
 	conn, err := grpc.NewClient("unix://"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
