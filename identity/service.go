@@ -212,10 +212,14 @@ func (p Principal) String() string { return fmt.Sprintf("%s (%s)", p.Name, p.Met
 // GoString is String, so that %#v prints no credential either.
 func (p Principal) GoString() string { return p.String() }
 
-// UpstreamCredentials returns the credentials a passthrough principal presented, for fetches it causes; ok is
-// false for every other principal.
-func (p Principal) UpstreamCredentials() (username, password string, ok bool) {
-	if p.cred == nil {
+// UpstreamCredentials returns the credentials to fetch upstream/repo with for p: the ones a passthrough
+// principal presented, where the upstream decides who may pull (a Passthrough pattern matches, and anonymous
+// clients may not pull it anyway). ok is false for every other case, where pullgate's own credentials are
+// used: a passthrough client that pulls what anyone may pull never has its credentials sent upstream, right or
+// wrong.
+func (s *Service) UpstreamCredentials(p Principal, upstream, repo string) (username, password string, ok bool) {
+	name := upstream + "/" + repo
+	if p.cred == nil || !names.MatchAny(s.opts.Passthrough, name) || names.MatchAny(s.opts.Anonymous, name) {
 		return "", "", false
 	}
 	return p.cred.username, p.cred.password, true

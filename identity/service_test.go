@@ -411,8 +411,11 @@ func TestPassthrough(t *testing.T) {
 	if err := f.svc.Authorize(ctx, alice, "docker.io", "alice/private"); err != nil || f.checker.count() != 7 {
 		t.Errorf("after the TTL: %v after %d checks, want a new check", err, f.checker.count())
 	}
-	if u, p, ok := alice.UpstreamCredentials(); !ok || u != "ok-alice" || p != "right" {
+	if u, p, ok := f.svc.UpstreamCredentials(alice, "docker.io", "alice/private"); !ok || u != "ok-alice" || p != "right" {
 		t.Errorf("UpstreamCredentials: %q %q %v", u, p, ok)
+	}
+	if _, _, ok := f.svc.UpstreamCredentials(alice, "ghcr.io", "alice/private"); ok {
+		t.Error("UpstreamCredentials for an upstream without passthrough")
 	}
 }
 

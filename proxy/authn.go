@@ -9,7 +9,6 @@ import (
 
 	"github.com/pullgate/pullgate/identity"
 	"github.com/pullgate/pullgate/names"
-	"github.com/pullgate/pullgate/upstream"
 )
 
 // Authenticator establishes who sent a request. *identity.Service is the implementation. It returns an error
@@ -95,12 +94,3 @@ func (h *Handler) challenge(r *http.Request, req *request, errParam string) stri
 // tokenService is the service pullgate's tokens are issued for (the "service" of challenges and the "aud" of
 // tokens).
 const tokenService = "pullgate"
-
-// upstreamCredentials returns the credentials a passthrough client presented, for the upstream requests its
-// request causes; nil (pullgate's own credentials) for every other client.
-func upstreamCredentials(p identity.Principal) *upstream.Credentials {
-	if user, pass, ok := p.UpstreamCredentials(); ok {
-		return &upstream.Credentials{Username: user, Password: pass}
-	}
-	return nil
-}

@@ -5,6 +5,7 @@ import (
 	"net/http"
 
 	"github.com/pullgate/pullgate/identity"
+	"github.com/pullgate/pullgate/upstream"
 )
 
 // Authorizer decides whether a principal may pull from a repository of an upstream. *identity.Service is the
@@ -14,6 +15,9 @@ type Authorizer interface {
 	// Authorize returns nil when p may pull upstream/repo, else one of identity's errors (the same for a
 	// repository that does not exist as for one p may not see).
 	Authorize(ctx context.Context, p identity.Principal, upstream, repo string) error
+	// UpstreamCredentials returns the client's own credentials to fetch upstream/repo with, when the upstream
+	// decided that p may pull it (passthrough); ok false means pullgate's own credentials.
+	UpstreamCredentials(p identity.Principal, upstream, repo string) (username, password string, ok bool)
 }
 
 // authorize is the layer that decides whether the identity may pull the repository. With no
@@ -34,6 +38,9 @@ func (h *Handler) authorize(r *http.Request, req *request) error {
 	}
 	if err := h.opts.Authorizer.Authorize(r.Context(), req.identity, req.up.Name, req.repo); err != nil {
 		return h.authError(r, req, err)
+	}
+	if user, pass, ok := h.opts.Authorizer.UpstreamCredentials(req.identity, req.up.Name, req.repo); ok {
+		req.cred = &upstream.Credentials{Username: user, Password: pass}
 	}
 	return nil
 }

@@ -207,7 +207,7 @@ func (h *Handler) newFill(req *request, d v1.Hash, release func(), client bool) 
 	h.fills.m[d] = f
 	go func() {
 		defer done()
-		err := h.runFill(fctx, &request{up: req.up, repo: req.repo}, d, f)
+		err := h.runFill(fctx, &request{up: req.up, repo: req.repo, cred: req.cred}, d, f)
 		if err != nil && errors.Is(context.Cause(fctx), errFillAbandoned) {
 			err = fmt.Errorf("fill of %s stopped: %w", d, errFillAbandoned)
 		}

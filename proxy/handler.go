@@ -265,8 +265,10 @@ type request struct {
 	repo string // repository at the upstream ("library/nginx")
 	ns   string // the ns query parameter as sent, echoed in OCI-Namespace
 
-	// Set by the authenticate layer.
+	// Set by the authenticate and authorize layers: who asks, and the credentials its upstream requests use
+	// (nil: pullgate's own).
 	identity identity.Principal
+	cred     *upstream.Credentials
 
 	// Filled in by handlers for the pull log.
 	cache     string // hit, miss, stale, revalidated
@@ -343,5 +345,5 @@ func (h *Handler) fetch(ctx context.Context, req *request, method string, k kind
 		kindPath = "tags/list"
 	}
 	return req.up.Fetcher.Fetch(ctx, upstream.Request{Method: method, Repo: req.repo, Kind: kindPath, Ref: ref, Header: hdr,
-		Credentials: upstreamCredentials(req.identity)})
+		Credentials: req.cred})
 }

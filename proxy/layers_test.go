@@ -113,6 +113,10 @@ func TestUpstreamIdentityChange(t *testing.T) {
 // denyAll is an Authorizer that refuses everything.
 type denyAll struct{ asked int }
 
+func (d *denyAll) UpstreamCredentials(identity.Principal, string, string) (string, string, bool) {
+	return "", "", false
+}
+
 func (d *denyAll) Authorize(context.Context, identity.Principal, string, string) error {
 	d.asked++
 	return identity.ErrDenied

@@ -43,7 +43,7 @@ func (h *Handler) prefetch(req *request, blobs []linkedDigest) {
 			fs.queued[up]--
 			fs.mu.Unlock()
 		}()
-		h.prefetchRun(ctx, &request{up: req.up, repo: req.repo}, blobs)
+		h.prefetchRun(ctx, &request{up: req.up, repo: req.repo, cred: req.cred}, blobs)
 	}()
 }
 

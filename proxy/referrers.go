@@ -153,7 +153,7 @@ func (h *Handler) fetchReferrers(ctx context.Context, req *request, d v1.Hash, a
 		q = url.Values{"artifactType": {artifactType}}
 	}
 	resp, err := req.up.Fetcher.Fetch(ctx, upstream.Request{Method: http.MethodGet, Repo: req.repo, Kind: "referrers", Ref: d.String(), Query: q,
-		Header: http.Header{"Accept": {indexMediaType}}, Credentials: upstreamCredentials(req.identity)})
+		Header: http.Header{"Accept": {indexMediaType}}, Credentials: req.cred})
 	if err == nil {
 		idx, err := decodeIndex(resp.Body, h.opts.MaxManifestSize)
 		resp.Body.Close()

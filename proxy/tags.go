@@ -130,7 +130,7 @@ func (h *Handler) tagListing(ctx context.Context, req *request) (tagListing, err
 		return l, nil
 	}
 	req.cache = "miss"
-	up, repo, cred := req.up, req.repo, upstreamCredentials(req.identity)
+	up, repo, cred := req.up, req.repo, req.cred
 	v, err := h.flight(ctx, "tags\x00"+key, func(ctx context.Context) (any, error) {
 		if l, ok := h.tagLists.get(key, h.opts.Now(), h.opts.TagTTL); ok {
 			return l, nil // read by a flight that ended after this request looked
