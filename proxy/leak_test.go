@@ -52,15 +52,18 @@ import (
 // do: a blob is found only under a repository that holds it. A held blob is sent up to its middle, then
 // nothing more until the hold is released (or the request ends).
 type repoBlobs struct {
-	mu    sync.Mutex
-	blobs map[string]map[v1.Hash][]byte // by repository, then digest
-	holds map[v1.Hash]chan struct{}
+	mu       sync.Mutex
+	blobs    map[string]map[v1.Hash][]byte // by repository, then digest
+	holds    map[v1.Hash]chan struct{}
+	releases map[v1.Hash]func()
 }
 
+// newRepoBlobs returns an empty store.
 func newRepoBlobs() *repoBlobs {
-	return &repoBlobs{blobs: map[string]map[v1.Hash][]byte{}, holds: map[v1.Hash]chan struct{}{}}
+	return &repoBlobs{blobs: map[string]map[v1.Hash][]byte{}, holds: map[v1.Hash]chan struct{}{}, releases: map[v1.Hash]func(){}}
 }
 
+// lookup returns repo's blob d and its hold (nil when it is not held).
 func (b *repoBlobs) lookup(repo string, d v1.Hash) ([]byte, chan struct{}, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
@@ -114,18 +117,33 @@ func (b *repoBlobs) add(repo string, data []byte) v1.Hash {
 	return d
 }
 
-// hold makes GETs of d stop in the middle of the body until release is called.
+// hold makes GETs of d stop in the middle of the body until release (or releaseAll) is called.
 func (b *repoBlobs) hold(d v1.Hash) (release func()) {
 	ch := make(chan struct{})
-	b.mu.Lock()
-	b.holds[d] = ch
-	b.mu.Unlock()
-	return sync.OnceFunc(func() {
+	release = sync.OnceFunc(func() {
 		b.mu.Lock()
 		delete(b.holds, d)
+		delete(b.releases, d)
 		b.mu.Unlock()
 		close(ch)
 	})
+	b.mu.Lock()
+	b.holds[d], b.releases[d] = ch, release
+	b.mu.Unlock()
+	return release
+}
+
+// releaseAll lets every held blob go.
+func (b *repoBlobs) releaseAll() {
+	b.mu.Lock()
+	var all []func()
+	for _, r := range b.releases {
+		all = append(all, r)
+	}
+	b.mu.Unlock()
+	for _, r := range all {
+		r()
+	}
 }
 
 // heldReader sends data up to cut, then the rest once release is closed (nil: at once).
@@ -137,6 +155,7 @@ type heldReader struct {
 	release <-chan struct{}
 }
 
+// Read implements io.Reader.
 func (r *heldReader) Read(p []byte) (int, error) {
 	if r.off >= len(r.data) {
 		return 0, io.EOF
@@ -156,6 +175,7 @@ func (r *heldReader) Read(p []byte) (int, error) {
 	return n, nil
 }
 
+// Close implements io.Closer.
 func (r *heldReader) Close() error { return nil }
 
 // The accounts of the leak-test upstreams. pullgate's own may pull every private repository; alice only
@@ -174,6 +194,7 @@ type leakUser struct {
 	private  []string
 }
 
+// may says whether the user may pull the private repository repo.
 func (u leakUser) may(repo string) bool {
 	for _, p := range u.private {
 		if p == repo || strings.HasSuffix(p, "/") && strings.HasPrefix(repo, p) {
@@ -202,6 +223,7 @@ type leakUpstreamRequest struct {
 	method, path, user string
 }
 
+// newLeakUpstream starts a leak-test upstream.
 func newLeakUpstream(t *testing.T) *leakUpstream {
 	t.Helper()
 	u := &leakUpstream{blobs: newRepoBlobs(), users: map[string]leakUser{
@@ -340,7 +362,8 @@ type leakEnv struct {
 	plain, cert  *http.Client      // without and with the node's client certificate
 }
 
-func newLeakEnv(t *testing.T) *leakEnv {
+// newLeakEnv starts a leak environment at 2026-11-26 12:00 UTC on its clock; tweak changes pullgate's options.
+func newLeakEnv(t *testing.T, tweak ...func(*Options)) *leakEnv {
 	t.Helper()
 	clk := &clock{t: time.Date(2026, 11, 26, 12, 0, 0, 0, time.UTC)}
 	le := &leakEnv{local: newLeakUpstream(t), other: newLeakUpstream(t), secrets: map[string]string{}}
@@ -375,14 +398,14 @@ func newLeakEnv(t *testing.T) *leakEnv {
 			t.Fatal(err)
 		}
 		checker[x.name] = c
-		ups = append(ups, Upstream{Name: x.name, Fetcher: c})
+		ups = append(ups, Upstream{Name: x.name, Hosts: []string{"registry." + x.name + ".test"}, Fetcher: c})
 	}
 
 	// The robots file: secrets at bcrypt's lowest cost, so that logins are quick.
 	now := clk.Now()
 	file := &identity.File{Clients: []identity.Client{{Subject: "node-*.cluster.local", Pull: []string{"local/priv/two"}}}}
 	for _, r := range leakRobots {
-		clear, s, err := identity.NewSecret(now, bcrypt.MinCost)
+		secret, s, err := identity.NewSecret(now, bcrypt.MinCost)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -400,7 +423,7 @@ func newLeakEnv(t *testing.T) *leakEnv {
 			r.Secrets[0].Expires = &grace
 			r.Secrets = append(r.Secrets, next)
 		}
-		le.secrets[r.Name] = clear
+		le.secrets[r.Name] = secret
 		file.Robots = append(file.Robots, r)
 	}
 	robotsFile := filepath.Join(dir, "robots.yaml")
@@ -428,25 +451,25 @@ func newLeakEnv(t *testing.T) *leakEnv {
 
 	e := &env{t: t, up: le.local.fake, dir: filepath.Join(dir, "data"), clock: clk, logs: &syncBuffer{}}
 	e.opts = Options{
-		Upstreams: ups, Default: "local", TagTTL: time.Minute, Now: clk.Now,
+		Upstreams:     ups,
+		Default:       "local",
+		TagTTL:        time.Minute,
+		Authenticator: svc,
+		Authorizer:    svc,
+		Tokens:        svc,
 		// No prefetching: background fills would blur which request caused which upstream request.
 		PrefetchConcurrency: -1,
-		Authenticator:       svc, Authorizer: svc, Tokens: svc,
-		Log: slog.New(slog.NewJSONHandler(e.logs, nil)),
+		Now:                 clk.Now,
+		Log:                 slog.New(slog.NewJSONHandler(e.logs, nil)),
+	}
+	for _, f := range tweak {
+		f(&e.opts)
 	}
 	e.start()
 	t.Cleanup(e.stop)
 	// Held blobs are let go before pullgate stops (cleanups run last first).
-	t.Cleanup(func() {
-		for _, u := range []*leakUpstream{le.local, le.other} {
-			u.blobs.mu.Lock()
-			for d, ch := range u.blobs.holds {
-				close(ch)
-				delete(u.blobs.holds, d)
-			}
-			u.blobs.mu.Unlock()
-		}
-	})
+	t.Cleanup(le.local.blobs.releaseAll)
+	t.Cleanup(le.other.blobs.releaseAll)
 
 	// Serve on a server that verifies client certificates when they are presented, as pullgate does with
 	// PULLGATE_CLIENT_CA_FILE, so that r.TLS.VerifiedChains is the TLS layer's.
@@ -466,6 +489,7 @@ func newLeakEnv(t *testing.T) *leakEnv {
 	return le
 }
 
+// leakPatterns compiles globs.
 func leakPatterns(t *testing.T, globs ...string) []names.Pattern {
 	t.Helper()
 	ps, err := names.CompilePatterns(globs)
@@ -479,6 +503,7 @@ func leakPatterns(t *testing.T, globs ...string) []names.Pattern {
 // upstreamChecker does: with upstream.Client.CheckPull, a refusal being identity.ErrDenied.
 type leakChecker map[string]*upstream.Client
 
+// CheckPull implements identity.UpstreamChecker.
 func (c leakChecker) CheckPull(ctx context.Context, up, repo, username, password string) error {
 	client, ok := c[up]
 	if !ok {
@@ -537,7 +562,10 @@ type leakAnswer struct {
 // send sends one request with auth as its Authorization (none when empty) and reads the whole answer.
 func (le *leakEnv) send(c *http.Client, auth, method, path string, body io.Reader, hdr ...string) leakAnswer {
 	before := le.local.contentCount()
-	req, err := http.NewRequest(method, le.srv.URL+path, body)
+	// A deadline turns a request that hangs (one that joined a held fill) into an error.
+	ctx, cancel := context.WithTimeout(context.Background(), leakRequestTimeout)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, method, le.srv.URL+path, body)
 	if err != nil {
 		return leakAnswer{err: err}
 	}
@@ -556,6 +584,9 @@ func (le *leakEnv) send(c *http.Client, auth, method, path string, body io.Reade
 	return leakAnswer{status: resp.StatusCode, header: resp.Header, body: b, err: err, upstream: le.local.contentCount() - before}
 }
 
+// leakRequestTimeout bounds one request of the leak tests; pullgate answers each in milliseconds.
+const leakRequestTimeout = 10 * time.Second
+
 // sendAsync is send from a goroutine; done is called when the answer is read.
 func (le *leakEnv) sendAsync(c *http.Client, auth, method, path string, done func(), hdr ...string) <-chan leakAnswer {
 	ch := make(chan leakAnswer, 1)
@@ -567,6 +598,7 @@ func (le *leakEnv) sendAsync(c *http.Client, auth, method, path string, done fun
 	return ch
 }
 
+// basicAuth is the Authorization value of Basic credentials.
 func basicAuth(user, secret string) string {
 	return "Basic " + base64.StdEncoding.EncodeToString([]byte(user+":"+secret))
 }
@@ -585,7 +617,7 @@ func (le *leakEnv) warm(t *testing.T, it *leakItem) {
 	waitFor(t, "the layer in the cache", func() bool { _, err := le.cache.Stat(it.layerDigest); return err == nil })
 }
 
-// startFill has robot$root start the fill of it's layer with the upstream holding the body in its middle, and
+// startFill has robot$root start the fill of the item's layer, the upstream holding the body in its middle, and
 // waits until the fill streams. release lets the upstream send the rest; done receives root's answer.
 func (le *leakEnv) startFill(t *testing.T, it *leakItem) (release func(), done <-chan leakAnswer) {
 	t.Helper()
@@ -615,6 +647,7 @@ func (le *leakEnv) startFill(t *testing.T, it *leakItem) (release func(), done <
 // beside the one asked for.
 var leakRepos = []string{"pub/app", "priv/one", "priv/two"}
 
+// leakGhost is the repository beside repo that does not exist: "priv/ghost" beside "priv/one".
 func leakGhost(repo string) string {
 	ns, _, _ := strings.Cut(repo, "/")
 	return ns + "/ghost"
@@ -631,7 +664,8 @@ const (
 	presTokenPOST leakPres = "token-post"  // a bearer token from POST /token, grant_type=password
 )
 
-// leakAddr is a way of naming the upstream.
+// leakAddr is a way of naming the upstream: its name in ns, its name or another of its names (Hosts) before
+// the repository, or nothing (the default upstream).
 type leakAddr struct {
 	name   string
 	prefix string // before the repository in the path
@@ -642,6 +676,7 @@ var leakAddrs = []leakAddr{
 	{name: "ns", ns: "local"},
 	{name: "prefix", prefix: "local/"},
 	{name: "default"},
+	{name: "host-prefix", prefix: "registry.local.test/"},
 }
 
 // path is the request path of ref ("/manifests/v1") in repo, named this way.
@@ -677,6 +712,14 @@ const leakRange = "bytes=100-1099"
 var leakRoutes = []leakRoute{
 	{name: "manifest-tag", method: http.MethodGet, ref: func(it *leakItem) string { return "/manifests/" + it.tag }, check: checkLeakManifest},
 	{name: "manifest-digest", method: http.MethodGet, ref: func(it *leakItem) string { return "/manifests/" + it.digest.String() }, check: checkLeakManifest},
+	{name: "manifest-head", method: http.MethodHead, ref: func(it *leakItem) string { return "/manifests/" + it.tag }, check: func(it *leakItem, _ string, a leakAnswer) error {
+		if a.status != http.StatusOK || a.header.Get("Content-Length") != fmt.Sprint(len(it.manifest)) || len(a.body) != 0 ||
+			a.header.Get("Docker-Content-Digest") != it.digest.String() {
+			return fmt.Errorf("status %d, Content-Length %q, digest %q, want 200, %d, %s", a.status, a.header.Get("Content-Length"),
+				a.header.Get("Docker-Content-Digest"), len(it.manifest), it.digest)
+		}
+		return nil
+	}},
 	{name: "blob", method: http.MethodGet, blob: true, ref: leakBlobRef, check: func(it *leakItem, _ string, a leakAnswer) error {
 		if a.status != http.StatusOK || !bytes.Equal(a.body, it.layer) || a.header.Get("Docker-Content-Digest") != it.layerDigest.String() {
 			return fmt.Errorf("status %d, %d bytes (digest header %q), want 200 with the layer's %d bytes", a.status, len(a.body), a.header.Get("Docker-Content-Digest"), len(it.layer))
@@ -715,8 +758,10 @@ var leakRoutes = []leakRoute{
 	}},
 }
 
+// leakBlobRef is the path of the item's layer after the repository name.
 func leakBlobRef(it *leakItem) string { return "/blobs/" + it.layerDigest.String() }
 
+// checkLeakManifest says what is wrong with an allowed answer for the item's manifest.
 func checkLeakManifest(it *leakItem, _ string, a leakAnswer) error {
 	if a.status != http.StatusOK || !bytes.Equal(a.body, it.manifest) || a.header.Get("Docker-Content-Digest") != it.digest.String() {
 		return fmt.Errorf("status %d (digest header %q): %.200s; want 200 with manifest %s", a.status, a.header.Get("Docker-Content-Digest"), a.body, it.digest)
@@ -770,6 +815,7 @@ func (id leakIdentity) credentials(le *leakEnv) (user, secret string, ok bool) {
 
 var presWithLogin = []leakPres{presBasic, presTokenGET, presTokenPOST}
 
+// refuseAll says that every presentation in pres is refused with r.
 func refuseAll(r leakRefusal, pres ...leakPres) map[leakPres]leakRefusal {
 	m := map[leakPres]leakRefusal{}
 	for _, p := range pres {
@@ -778,6 +824,7 @@ func refuseAll(r leakRefusal, pres ...leakPres) map[leakPres]leakRefusal {
 	return m
 }
 
+// leakIdentities are the matrix's rows.
 func leakIdentities() []leakIdentity {
 	pastExpiry := func(le *leakEnv) { le.clock.advance(2 * time.Minute) }
 	// A passthrough client is refused a repository the upstream refused its credentials for (403); with a
@@ -896,10 +943,12 @@ type leakCell struct {
 	item  *leakItem
 }
 
+// name names the cell's subtest: presentation, addressing, repository, route and state.
 func (c leakCell) name() string {
 	return strings.Join([]string{string(c.c.pres), c.c.addr.name, strings.ReplaceAll(c.repo, "/", "-"), c.route.name, c.state}, ",")
 }
 
+// allowed says whether the cell's identity may pull the cell's repository.
 func (c leakCell) allowed() bool { return slices.Contains(c.id.allowed, c.repo) }
 
 // send asks for the cell's item in repo (the cell's, or its non-existing neighbour).
@@ -1023,6 +1072,7 @@ func TestLeakMatrix(t *testing.T) {
 	}
 }
 
+// runLeakMatrix asserts id's cells, in its own environment: content cached, then being filled, then not cached.
 func runLeakMatrix(t *testing.T, id *leakIdentity, cells *atomic.Int64) {
 	le := newLeakEnv(t)
 	warm, fill := map[string]*leakItem{}, map[string]*leakItem{}
@@ -1053,12 +1103,13 @@ func runLeakMatrix(t *testing.T, id *leakIdentity, cells *atomic.Int64) {
 	// run sends the cells (refused ones, and their non-existing twins, first and one by one, so that the
 	// upstream's requests are counted per request), then checks each in a subtest of its own.
 	type sent struct {
-		cell         leakCell
-		answer       <-chan leakAnswer
-		ghost        leakAnswer
-		refused      bool
-		asyncAllowed bool
+		cell    leakCell
+		answer  <-chan leakAnswer
+		ghost   leakAnswer // the same request for a repository that does not exist, when refused
+		refused bool
 	}
+	var allowedN, refusedN int
+	defer func() { t.Logf("%s: %d cells allowed, %d refused", id.name, allowedN, refusedN) }()
 	check := func(all []sent) {
 		for _, s := range all {
 			a := <-s.answer
@@ -1069,10 +1120,15 @@ func runLeakMatrix(t *testing.T, id *leakIdentity, cells *atomic.Int64) {
 					checkAllowed(t, s.cell, a)
 				}
 			})
+			if s.refused {
+				refusedN++
+			} else {
+				allowedN++
+			}
 			cells.Add(1)
 		}
 	}
-	now := func(a leakAnswer) <-chan leakAnswer {
+	ready := func(a leakAnswer) <-chan leakAnswer {
 		ch := make(chan leakAnswer, 1)
 		ch <- a
 		return ch
@@ -1081,11 +1137,11 @@ func runLeakMatrix(t *testing.T, id *leakIdentity, cells *atomic.Int64) {
 		var out []sent
 		for _, c := range cs {
 			if c.allowed() {
-				out = append(out, sent{cell: c, answer: now(c.send(le, c.repo))})
+				out = append(out, sent{cell: c, answer: ready(c.send(le, c.repo))})
 				continue
 			}
 			a := c.send(le, c.repo)
-			out = append(out, sent{cell: c, answer: now(a), ghost: c.send(le, leakGhost(c.repo)), refused: true})
+			out = append(out, sent{cell: c, answer: ready(a), ghost: c.send(le, leakGhost(c.repo)), refused: true})
 		}
 		return out
 	}
@@ -1126,7 +1182,17 @@ func runLeakMatrix(t *testing.T, id *leakIdentity, cells *atomic.Int64) {
 			joining = append(joining, c)
 		}
 	}
-	results := runSync(refusedOrHead)
+	var results []sent
+	for _, c := range refusedOrHead {
+		r := runSync([]leakCell{c})[0]
+		if a := <-r.answer; a.err != nil {
+			// It hangs on the held fill: it was served, not refused. Stop before every other cell hangs too.
+			t.Fatalf("%s: no answer while the fill is held (%v): it joined the fill", c.name(), a.err)
+		} else {
+			r.answer = ready(a)
+		}
+		results = append(results, r)
+	}
 	launched, finished := map[string]int{}, map[string]*atomic.Int64{}
 	for _, repo := range leakRepos {
 		finished[repo] = &atomic.Int64{}
@@ -1169,10 +1235,9 @@ func runLeakMatrix(t *testing.T, id *leakIdentity, cells *atomic.Int64) {
 func TestLeakDigestOfAnotherRepository(t *testing.T) {
 	le := newLeakEnv(t)
 	type asker struct {
-		name   string
-		auth   string
-		q, p   string // asks under q for p's content
-		q2, p2 string
+		name string
+		auth string
+		q, p string // asks under q for p's content
 	}
 	askers := []asker{
 		{name: "anonymous", q: "pub/app", p: "priv/one"},
@@ -1230,27 +1295,39 @@ func TestLeakDigestOfAnotherRepository(t *testing.T) {
 }
 
 // TestLeakPassthroughUsesItsOwnCredentials holds that the upstream requests a passthrough client causes carry
-// its own credentials, never pullgate's: pullgate's reach further (every private repository) than the client's.
+// its own credentials, never pullgate's, which reach further (every private repository) than the client's:
+// for every route, and for the blobs prefetched after its manifest.
 func TestLeakPassthroughUsesItsOwnCredentials(t *testing.T) {
-	le := newLeakEnv(t)
 	auth := basicAuth(leakAliceUser, leakAlicePassword)
+	onlyAlice := func(t *testing.T, reqs []leakUpstreamRequest) {
+		t.Helper()
+		if len(reqs) == 0 {
+			t.Fatal("nothing was asked upstream")
+		}
+		for _, u := range reqs {
+			if u.user != leakAliceUser {
+				t.Errorf("%s %s went upstream with %q's credentials, want the client's own (%s)", u.method, u.path, u.user, leakAliceUser)
+			}
+		}
+	}
+	le := newLeakEnv(t)
 	for _, r := range leakRoutes {
 		t.Run(r.name, func(t *testing.T) {
 			it := le.local.item(t, "priv/one", "own-"+r.name, 4<<10, r.name == "referrers")
 			before := le.local.contentCount()
-			a := le.send(le.plain, auth, r.method, "/v2/priv/one"+r.ref(it), nil, r.header...)
-			if err := r.check(it, "priv/one", a); err != nil {
+			if err := r.check(it, "priv/one", le.send(le.plain, auth, r.method, "/v2/priv/one"+r.ref(it), nil, r.header...)); err != nil {
 				t.Fatal(err)
 			}
-			reqs := le.local.contentSince(before)
-			if len(reqs) == 0 {
-				t.Fatal("nothing was asked upstream")
-			}
-			for _, u := range reqs {
-				if u.user != leakAliceUser {
-					t.Errorf("%s %s went upstream with %q's credentials, want the client's own (%s)", u.method, u.path, u.user, leakAliceUser)
-				}
-			}
+			onlyAlice(t, le.local.contentSince(before))
 		})
 	}
+	t.Run("prefetch", func(t *testing.T) {
+		le := newLeakEnv(t, func(o *Options) { o.PrefetchConcurrency = 8 })
+		it := le.local.item(t, "priv/one", "prefetched", 4<<10, false)
+		if err := checkLeakManifest(it, "", le.send(le.plain, auth, http.MethodGet, "/v2/priv/one/manifests/"+it.tag, nil)); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, "the prefetched layer", func() bool { _, err := le.cache.Stat(it.layerDigest); return err == nil })
+		onlyAlice(t, le.local.contentSince(0))
+	})
 }

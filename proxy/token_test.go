@@ -220,31 +220,32 @@ func TestTokenMisuse(t *testing.T) {
 		advance time.Duration // of the clock, after the token was issued
 		tamper  func(t *testing.T, le *leakEnv, tok string) string
 		path    string // where it is used
+		serves  string // for controls: the item (of tokenItems) it is served
 		want    leakRefusal
-		addr    leakAddr // how path names the upstream, for the challenge
-		name2   string   // the repository as path names it, for the challenge
+		ns      string // the ns path names, for the challenge's realm
+		name2   string // the repository as path names it, for the challenge
 	}{
-		{name: "control: the token on its repository", login: robot("b"), scope: "priv/one", path: "/v2/priv/one/manifests/v1"},
+		{name: "control: the token on its repository", login: robot("b"), scope: "priv/one", path: "/v2/priv/one/manifests/v1", serves: "local/priv/one"},
 		{name: "for one repository, on another the robot may pull", login: robot("both"), scope: "priv/one",
-			path: "/v2/priv/two/manifests/v1", want: refusedScope, addr: leakAddrs[2], name2: "priv/two"},
+			path: "/v2/priv/two/manifests/v1", want: refusedScope, name2: "priv/two"},
 		{name: "for one repository, on another the robot may not pull", login: robot("b"), scope: "priv/one",
 			path: "/v2/priv/two/manifests/v1", want: refusedDenied},
 		{name: "same name at another upstream by path, the robot may pull there", login: robot("both"), scope: "priv/one",
-			path: "/v2/other/priv/one/manifests/v1", want: refusedScope, addr: leakAddrs[1], name2: "other/priv/one"},
+			path: "/v2/other/priv/one/manifests/v1", want: refusedScope, name2: "other/priv/one"},
 		{name: "same name at another upstream by ns, the robot may pull there", login: robot("both"), scope: "priv/one",
-			path: "/v2/priv/one/manifests/v1?ns=other", want: refusedScope, addr: leakAddr{ns: "other"}, name2: "priv/one"},
+			path: "/v2/priv/one/manifests/v1?ns=other", want: refusedScope, ns: "other", name2: "priv/one"},
 		{name: "same name at another upstream, the robot may not pull there", login: robot("b"), scope: "priv/one",
 			path: "/v2/other/priv/one/manifests/v1", want: refusedDenied},
 		{name: "passthrough token on a repository its grant lacks", login: alice, scope: "priv/one",
-			path: "/v2/priv/two/manifests/v1", want: refusedScope, addr: leakAddrs[2], name2: "priv/two"},
+			path: "/v2/priv/two/manifests/v1", want: refusedScope, name2: "priv/two"},
 		{name: "control: expired within the leeway", login: robot("b"), scope: "priv/one", advance: time.Hour + 29*time.Second,
-			path: "/v2/priv/one/manifests/v1"},
+			path: "/v2/priv/one/manifests/v1", serves: "local/priv/one"},
 		{name: "expired past the leeway", login: robot("b"), scope: "priv/one", advance: time.Hour + 31*time.Second,
-			path: "/v2/priv/one/manifests/v1", want: refusedCredentials, addr: leakAddrs[2], name2: "priv/one"},
+			path: "/v2/priv/one/manifests/v1", want: refusedCredentials, name2: "priv/one"},
 		{name: "control: forged with pullgate's own key", login: robot("both"), scope: "priv/one",
-			tamper: resign(ownKey, ownKID, addPrivTwo), path: "/v2/priv/two/manifests/v1"},
+			tamper: resign(ownKey, ownKID, addPrivTwo), path: "/v2/priv/two/manifests/v1", serves: "local/priv/two"},
 		{name: "signed by another key under pullgate's kid", login: robot("both"), scope: "priv/one",
-			tamper: resign(otherKey, ownKID, addPrivTwo), path: "/v2/priv/two/manifests/v1", want: refusedCredentials, addr: leakAddrs[2], name2: "priv/two"},
+			tamper: resign(otherKey, ownKID, addPrivTwo), path: "/v2/priv/two/manifests/v1", want: refusedCredentials, name2: "priv/two"},
 		{name: "signed by another pullgate", login: robot("b"), scope: "priv/one", tamper: func(t *testing.T, le *leakEnv, tok string) string {
 			_, claims, _ := jwtDecode(t, tok)
 			s, err := identity.NewSigner(identity.SignerOptions{Dir: filepath.Join(t.TempDir(), "keys"), Now: le.clock.Now})
@@ -258,39 +259,39 @@ func TestTokenMisuse(t *testing.T) {
 				t.Fatal(err)
 			}
 			return forged
-		}, path: "/v2/priv/one/manifests/v1", want: refusedCredentials, addr: leakAddrs[2], name2: "priv/one"},
+		}, path: "/v2/priv/one/manifests/v1", want: refusedCredentials, name2: "priv/one"},
 		{name: "alg none", login: robot("both"), scope: "priv/one", tamper: func(t *testing.T, le *leakEnv, tok string) string {
 			_, claims, _ := jwtDecode(t, tok)
 			addPrivTwo(claims)
 			return jwtSegment(t, map[string]any{"alg": "none", "typ": "JWT", "kid": le.signer.KeyIDs()[0]}) + "." + jwtSegment(t, claims) + "."
-		}, path: "/v2/priv/two/manifests/v1", want: refusedCredentials, addr: leakAddrs[2], name2: "priv/two"},
+		}, path: "/v2/priv/two/manifests/v1", want: refusedCredentials, name2: "priv/two"},
 		{name: "more access, the signature kept", login: robot("both"), scope: "priv/one", tamper: func(t *testing.T, _ *leakEnv, tok string) string {
 			parts := strings.Split(tok, ".")
 			_, claims, _ := jwtDecode(t, tok)
 			addPrivTwo(claims)
 			return parts[0] + "." + jwtSegment(t, claims) + "." + parts[2]
-		}, path: "/v2/priv/two/manifests/v1", want: refusedCredentials, addr: leakAddrs[2], name2: "priv/two"},
+		}, path: "/v2/priv/two/manifests/v1", want: refusedCredentials, name2: "priv/two"},
 		{name: "passthrough token with more access, the signature kept", login: alice, scope: "priv/one", tamper: func(t *testing.T, _ *leakEnv, tok string) string {
 			parts := strings.Split(tok, ".")
 			_, claims, _ := jwtDecode(t, tok)
 			addPrivTwo(claims)
 			return parts[0] + "." + jwtSegment(t, claims) + "." + parts[2]
-		}, path: "/v2/priv/two/manifests/v1", want: refusedCredentials, addr: leakAddrs[2], name2: "priv/two"},
+		}, path: "/v2/priv/two/manifests/v1", want: refusedCredentials, name2: "priv/two"},
 		{name: "expiry extended, the signature kept", login: robot("b"), scope: "priv/one", advance: 2 * time.Hour,
 			tamper: func(t *testing.T, _ *leakEnv, tok string) string {
 				parts := strings.Split(tok, ".")
 				_, claims, _ := jwtDecode(t, tok)
 				claims["exp"] = time.Date(2027, 1, 1, 0, 0, 0, 0, time.UTC).Unix()
 				return parts[0] + "." + jwtSegment(t, claims) + "." + parts[2]
-			}, path: "/v2/priv/one/manifests/v1", want: refusedCredentials, addr: leakAddrs[2], name2: "priv/one"},
+			}, path: "/v2/priv/one/manifests/v1", want: refusedCredentials, name2: "priv/one"},
 		{name: "jwk header with the attacker's key, pullgate's kid", login: robot("both"), scope: "priv/one",
 			tamper: resign(otherKey, func(le *leakEnv, k *ecdsa.PrivateKey) map[string]any {
 				return map[string]any{"alg": "ES256", "typ": "JWT", "kid": le.signer.KeyIDs()[0], "jwk": publicJWK(k)}
-			}, addPrivTwo), path: "/v2/priv/two/manifests/v1", want: refusedCredentials, addr: leakAddrs[2], name2: "priv/two"},
+			}, addPrivTwo), path: "/v2/priv/two/manifests/v1", want: refusedCredentials, name2: "priv/two"},
 		{name: "jwk header with the attacker's key, no kid", login: robot("both"), scope: "priv/one",
 			tamper: resign(otherKey, func(_ *leakEnv, k *ecdsa.PrivateKey) map[string]any {
 				return map[string]any{"alg": "ES256", "typ": "JWT", "jwk": publicJWK(k)}
-			}, addPrivTwo), path: "/v2/priv/two/manifests/v1", want: refusedCredentials, addr: leakAddrs[2], name2: "priv/two"},
+			}, addPrivTwo), path: "/v2/priv/two/manifests/v1", want: refusedCredentials, name2: "priv/two"},
 		{name: "refresh token as an access token", login: robot("b"), scope: "priv/one", tamper: func(t *testing.T, le *leakEnv, _ string) string {
 			l := robot("b")(le)
 			form := passwordGrant(l.user, l.secret, "repository:priv/one:pull")
@@ -300,7 +301,7 @@ func TestTokenMisuse(t *testing.T) {
 				t.Fatal("no refresh token")
 			}
 			return ta.RefreshToken
-		}, path: "/v2/priv/one/manifests/v1", want: refusedCredentials, addr: leakAddrs[2], name2: "priv/one"},
+		}, path: "/v2/priv/one/manifests/v1", want: refusedCredentials, name2: "priv/one"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -314,20 +315,13 @@ func TestTokenMisuse(t *testing.T) {
 			}
 			beforeLocal, beforeOther := le.local.contentCount(), le.other.contentCount()
 			a := le.send(le.plain, "Bearer "+tok, http.MethodGet, tt.path, nil)
-			if tt.want == 0 {
-				u, _ := url.Parse(tt.path)
-				name := strings.TrimSuffix(strings.TrimPrefix(u.Path, "/v2/"), "/manifests/v1")
-				if ns := u.Query().Get("ns"); ns != "" {
-					name = ns + "/" + name
-				} else if !strings.HasPrefix(name, "other/") && !strings.HasPrefix(name, "local/") {
-					name = "local/" + name
-				}
-				if a.status != http.StatusOK || !bytes.Equal(a.body, items[name].manifest) {
-					t.Fatalf("status %d: %.300s, want 200 with %s's manifest", a.status, a.body, name)
+			if tt.serves != "" {
+				if a.status != http.StatusOK || !bytes.Equal(a.body, items[tt.serves].manifest) {
+					t.Fatalf("status %d: %.300s, want 200 with %s's manifest", a.status, a.body, tt.serves)
 				}
 				return
 			}
-			wantStatus, wantCode, wantChallenge := http.StatusUnauthorized, codeUnauthorized, le.challenge(tt.addr, tt.name2, tt.want)
+			wantStatus, wantCode, wantChallenge := http.StatusUnauthorized, codeUnauthorized, le.challenge(leakAddr{ns: tt.ns}, tt.name2, tt.want)
 			if tt.want == refusedDenied {
 				wantStatus, wantCode, wantChallenge = http.StatusForbidden, codeDenied, ""
 			}
@@ -442,8 +436,9 @@ func TestTokenService(t *testing.T) {
 			{"wrong secret", "robot$b", le.secrets["b"] + "x"},
 			{"another robot's secret", "robot$b", le.secrets["a"]},
 			{"secret rotated out", "robot$rot", le.secrets["rot"]},
+			{"robot expired", "robot$old", le.secrets["old"]},
 		}
-		le.clock.advance(2 * time.Minute) // past robot$rot's grace
+		le.clock.advance(2 * time.Minute) // past robot$rot's grace and robot$old's expiry
 		var first string
 		for _, how := range []string{"GET", "POST"} {
 			for _, c := range bad {
@@ -476,7 +471,7 @@ func TestTokenService(t *testing.T) {
 		works(t, ta.Token, "/v2/priv/one/manifests/v1?ns=other", items["other/priv/one"])
 		works(t, ta.Token, "/v2/other/priv/one/manifests/v1", items["other/priv/one"])
 		a := le.send(le.plain, "Bearer "+ta.Token, http.MethodGet, "/v2/priv/one/manifests/v1", nil)
-		if want := le.challenge(leakAddrs[2], "priv/one", refusedScope); a.status != http.StatusUnauthorized || a.header.Get("WWW-Authenticate") != want {
+		if want := le.challenge(leakAddr{}, "priv/one", refusedScope); a.status != http.StatusUnauthorized || a.header.Get("WWW-Authenticate") != want {
 			t.Errorf("the other upstream's token at the default upstream: %d %q, want 401 %q", a.status, a.header.Get("WWW-Authenticate"), want)
 		}
 	})
