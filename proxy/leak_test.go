@@ -1100,8 +1100,8 @@ func runLeakMatrix(t *testing.T, id *leakIdentity, cells *atomic.Int64) {
 		id.invalidate(le)
 	}
 
-	// run sends the cells (refused ones, and their non-existing twins, first and one by one, so that the
-	// upstream's requests are counted per request), then checks each in a subtest of its own.
+	// runSync sends cells one by one (a refused one with its twin for a repository that does not exist), so
+	// that the upstream's requests are counted per request; check asserts each in a subtest of its own.
 	type sent struct {
 		cell    leakCell
 		answer  <-chan leakAnswer
