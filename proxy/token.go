@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net/http"
 	"strconv"
 	"strings"
@@ -65,7 +66,7 @@ func (h *Handler) serveToken(w *recorder, r *http.Request, req *request) error {
 	case http.MethodPost:
 		r.Body = http.MaxBytesReader(w, r.Body, maxTokenForm)
 		if perr := r.ParseForm(); perr != nil {
-			return errorf(codeUnsupported, "the token request is not a valid form of at most %d bytes", maxTokenForm)
+			return &apiError{code: codeUnsupported, status: http.StatusBadRequest, message: fmt.Sprintf("invalid_request: the token request is not a valid form of at most %d bytes", maxTokenForm)}
 		}
 		f := r.PostForm
 		switch f.Get("grant_type") {
@@ -74,7 +75,8 @@ func (h *Handler) serveToken(w *recorder, r *http.Request, req *request) error {
 		case "refresh_token":
 			p, err = h.opts.Tokens.Refresh(f.Get("refresh_token"))
 		default:
-			return errorf(codeUnsupported, "grant_type must be password or refresh_token")
+			// OAuth2 answers an unknown grant with 400 (unsupported_grant_type).
+			return &apiError{code: codeUnsupported, status: http.StatusBadRequest, message: "unsupported_grant_type: grant_type must be password or refresh_token"}
 		}
 		scopes = strings.Fields(f.Get("scope"))
 		refresh = f.Get("access_type") == "offline"
