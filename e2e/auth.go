@@ -4,17 +4,11 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"math/big"
 	"os"
-	"path/filepath"
 	"strings"
 	"time"
 )
@@ -22,38 +16,7 @@ import (
 // IssueClient makes a client certificate (for TLS client authentication) with the common name cn and writes
 // dir/cn.crt and dir/cn.key.
 func (ca *CA) IssueClient(dir, cn string) (certFile, keyFile string, err error) {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return "", "", err
-	}
-	serial, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 62))
-	if err != nil {
-		return "", "", err
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: serial,
-		Subject:      pkix.Name{CommonName: cn},
-		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(24 * time.Hour),
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
-	if err != nil {
-		return "", "", err
-	}
-	keyDER, err := x509.MarshalECPrivateKey(key)
-	if err != nil {
-		return "", "", err
-	}
-	certFile, keyFile = filepath.Join(dir, cn+".crt"), filepath.Join(dir, cn+".key")
-	if err := writePEM(certFile, "CERTIFICATE", der); err != nil {
-		return "", "", err
-	}
-	if err := writePEM(keyFile, "EC PRIVATE KEY", keyDER); err != nil {
-		return "", "", err
-	}
-	return certFile, keyFile, nil
+	return ca.issue(dir, cn, x509.ExtKeyUsageClientAuth, nil)
 }
 
 // Robot is what `pullgate robot create --json` printed: a robot account, its secret (shown only then) and a

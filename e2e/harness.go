@@ -78,6 +78,12 @@ func NewCA(dir string) (*CA, error) {
 
 // Issue makes a serving certificate for hosts (names or IP addresses) and writes dir/name.crt and dir/name.key.
 func (ca *CA) Issue(dir, name string, hosts ...string) (certFile, keyFile string, err error) {
+	return ca.issue(dir, name, x509.ExtKeyUsageServerAuth, hosts)
+}
+
+// issue makes a certificate for usage with the common name name (and hosts, names or IP addresses, as its
+// subject alternative names) and writes dir/name.crt and dir/name.key.
+func (ca *CA) issue(dir, name string, usage x509.ExtKeyUsage, hosts []string) (certFile, keyFile string, err error) {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return "", "", err
@@ -92,7 +98,7 @@ func (ca *CA) Issue(dir, name string, hosts ...string) (certFile, keyFile string
 		NotBefore:    time.Now().Add(-time.Hour),
 		NotAfter:     time.Now().Add(24 * time.Hour),
 		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		ExtKeyUsage:  []x509.ExtKeyUsage{usage},
 	}
 	for _, h := range hosts {
 		if ip := net.ParseIP(h); ip != nil {
