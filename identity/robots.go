@@ -5,8 +5,6 @@ import (
 	"encoding/base64"
 	"encoding/hex"
 	"fmt"
-	"io"
-	"os"
 	"path/filepath"
 	"strings"
 	"time"
@@ -15,6 +13,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/pullgate/pullgate/names"
+	"github.com/pullgate/pullgate/watch"
 )
 
 // File is the robots file (PULLGATE_ROBOTS_FILE): the robot accounts and the client-certificate mappings. It is
@@ -207,21 +206,7 @@ func NewSecret(now time.Time, cost int) (clear string, s Secret, err error) {
 	return clear, Secret{ID: hex.EncodeToString(id), Hash: string(hash), Created: now.UTC().Truncate(time.Second)}, nil
 }
 
-func readLimited(path string) ([]byte, error) {
-	fh, err := os.Open(path)
-	if err != nil {
-		return nil, err
-	}
-	defer fh.Close()
-	data, err := io.ReadAll(io.LimitReader(fh, maxFileSize+1))
-	if err != nil {
-		return nil, err
-	}
-	if len(data) > maxFileSize {
-		return nil, fmt.Errorf("%s is larger than %d bytes", path, maxFileSize)
-	}
-	return data, nil
-}
+func readLimited(path string) ([]byte, error) { return watch.ReadLimited(path, maxFileSize) }
 
 // loginName splits a login user name into the robot name, for the accepted prefixes ("robot$", "robot_" and
 // prefix). ok is false for names that are not a robot's.

@@ -1,14 +1,13 @@
 package identity
 
 import (
-	"os"
-	"sync"
-	"sync/atomic"
+	"fmt"
 	"time"
 
 	"golang.org/x/crypto/bcrypt"
 
 	"github.com/pullgate/pullgate/names"
+	"github.com/pullgate/pullgate/watch"
 )
 
 // robotSet is one reading of the robots file, with its patterns compiled.
@@ -81,74 +80,16 @@ func compileSet(f *File) (*robotSet, error) {
 	return set, nil
 }
 
-// robotsFile is the robots file, read again when it changes (checked at most every checkInterval, when an
-// identity is looked up), so that a robot that is disabled, rotated or deleted loses access without a restart.
-// A file that cannot be read or parsed keeps the last good set in use.
-type robotsFile struct {
-	path     string
-	now      func() time.Time
-	onReload func(error)
-
-	set     atomic.Pointer[robotSet]
-	checked atomic.Int64 // unix nanoseconds of the last check
-
-	mu   sync.Mutex // serialises reloads
-	info os.FileInfo
-	err  error
-}
-
-const checkInterval = 2 * time.Second
-
-func openRobotsFile(path string, now func() time.Time, onReload func(error)) (*robotsFile, error) {
-	rf := &robotsFile{path: path, now: now, onReload: onReload}
-	if err := rf.load(); err != nil {
-		return nil, err
-	}
-	rf.checked.Store(now().UnixNano())
-	return rf, nil
-}
-
-func (rf *robotsFile) load() error {
-	info, err := os.Stat(rf.path)
-	if err != nil {
-		return err
-	}
-	f, err := ReadFile(rf.path)
-	if err != nil {
-		return err
-	}
-	set, err := compileSet(f)
-	if err != nil {
-		return err
-	}
-	rf.set.Store(set)
-	rf.info = info
-	return nil
-}
-
-// current returns the robots in force, reading the file again first when it may have changed.
-func (rf *robotsFile) current() *robotSet {
-	now := rf.now()
-	if now.UnixNano()-rf.checked.Load() < int64(checkInterval) {
-		return rf.set.Load()
-	}
-	if !rf.mu.TryLock() {
-		return rf.set.Load() // another request is reloading; this one uses what is in force
-	}
-	defer rf.mu.Unlock()
-	rf.checked.Store(now.UnixNano())
-	info, err := os.Stat(rf.path)
-	if err == nil && os.SameFile(info, rf.info) && info.ModTime().Equal(rf.info.ModTime()) && info.Size() == rf.info.Size() {
-		if rf.err == nil {
-			return rf.set.Load()
+// openRobotsFile reads the robots file and keeps it current (package watch): a robot that is disabled, rotated
+// or deleted loses access within seconds, without a restart, and a file that cannot be read or parsed keeps
+// the last good set in use.
+func openRobotsFile(path string, now func() time.Time, onReload func(error)) (*watch.File[*robotSet], error) {
+	parse := func(data []byte) (*robotSet, error) {
+		f, err := ParseFile(data)
+		if err != nil {
+			return nil, fmt.Errorf("robots file %s: %w", path, err)
 		}
-		err = rf.err // unchanged and still bad
-	} else if err == nil {
-		err = rf.load()
+		return compileSet(f)
 	}
-	rf.err = err
-	if rf.onReload != nil {
-		rf.onReload(err)
-	}
-	return rf.set.Load()
+	return watch.Open(path, parse, watch.Options{Now: now, OnReload: onReload, MaxSize: maxFileSize})
 }

@@ -20,6 +20,7 @@ import (
 	"golang.org/x/sync/singleflight"
 
 	"github.com/pullgate/pullgate/names"
+	"github.com/pullgate/pullgate/watch"
 )
 
 // The errors Authenticate and Authorize return. Each says what the client must do, never why a secret was
@@ -126,7 +127,7 @@ const (
 // Service authenticates clients and decides what they may pull. It is safe for concurrent use.
 type Service struct {
 	opts   Options
-	robots *robotsFile // nil without a robots file
+	robots *watch.File[*robotSet] // nil without a robots file
 
 	verified  *memo[[32]byte, verifiedSecret]
 	decisions *memo[[32]byte, error]
@@ -178,7 +179,7 @@ func (s *Service) set() *robotSet {
 	if s.robots == nil {
 		return &robotSet{}
 	}
-	return s.robots.current()
+	return s.robots.Current()
 }
 
 // Principal is who sent a request. Its zero value is no one; an anonymous client is Method MethodAnonymous.

@@ -25,6 +25,7 @@ import (
 	"golang.org/x/crypto/bcrypt"
 
 	"github.com/pullgate/pullgate/names"
+	"github.com/pullgate/pullgate/watch"
 )
 
 // clock is an adjustable test clock.
@@ -119,7 +120,7 @@ func (f *fixture) change(edit func(*File)) {
 	if err := os.Chtimes(f.path, mt, mt); err != nil {
 		f.t.Fatal(err)
 	}
-	f.clock.add(checkInterval)
+	f.clock.add(watch.Interval)
 }
 
 func (f *fixture) login(user, secret string) (Principal, error) {
@@ -504,7 +505,7 @@ func TestRobotsFileReload(t *testing.T) {
 	if err := os.WriteFile(f.path, []byte("robots: [{name: ci, disabld: true}]\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	f.clock.add(checkInterval)
+	f.clock.add(watch.Interval)
 	if _, err := f.login("robot$ci", f.secrets["ci"]); err != nil {
 		t.Errorf("with a broken file the last good one should stay in force: %v", err)
 	}
