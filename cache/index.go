@@ -22,12 +22,14 @@ import (
 //	l 0 <upstream> 0 <repo> 0 <alg:hex>     repository link: empty
 //	m 0 <upstream> 0 <repo> 0 <ref>         negative cache: 8 bytes, big-endian Unix nanoseconds of expiry
 //	a 0 <alg:hex>                           access time: 8 bytes, big-endian Unix nanoseconds
+//	v 0 <alg:hex>                           gate verdict of a manifest: the gate's own encoding
 const (
 	kindObject  = 'o'
 	kindTag     = 't'
 	kindLink    = 'l'
 	kindMissing = 'm'
 	kindAccess  = 'a'
+	kindVerdict = 'v'
 	sep         = 0x00
 )
 

@@ -80,6 +80,10 @@ type Options struct {
 	// OnReload hears of every reload of the robots file: nil when it was read, else why not (the last good file
 	// stays in force). Nil means no hook.
 	OnReload func(error)
+	// Open makes every client anonymous and lets anonymous clients pull everything, as when no identity is
+	// configured: credentials are not checked, except scanner tokens (ScanToken), which still identify the
+	// scanner so that its pulls bypass the gate. A bearer that is not a valid scanner token is anonymous.
+	Open bool
 	// OnLogin hears of every login attempt: its method and result ("ok", "bad_credentials", "rate_limited",
 	// "refused", "unavailable"). It must be quick. Nil means no hook.
 	OnLogin func(m Method, result string)
@@ -192,6 +196,9 @@ type Principal struct {
 	Method Method
 	// Via says how it was presented: "basic", "token", "refresh", "certificate", or empty.
 	Via string
+	// Artifact is, for a scanner (MethodScanner), the one manifest digest it may pull, in the one repository
+	// its token names; its pull of that digest bypasses the gate. Empty for every other principal.
+	Artifact string
 
 	robot  string          // robot principals, and certificates mapped to a robot
 	credID string          // the robot secret that logged in; empty for certificates
@@ -235,6 +242,15 @@ func Anonymous() Principal { return Principal{Method: MethodAnonymous} }
 // any is anonymous.
 func (s *Service) Authenticate(r *http.Request) (Principal, error) {
 	h := r.Header.Get("Authorization")
+	if s.opts.Open {
+		scheme, rest, _ := strings.Cut(h, " ")
+		if strings.EqualFold(scheme, "bearer") {
+			if p, err := s.bearer(strings.TrimSpace(rest)); err == nil && p.Method == MethodScanner {
+				return p, nil
+			}
+		}
+		return Anonymous(), nil
+	}
 	if h == "" {
 		if p, ok := s.certificate(r); ok {
 			return p, nil
@@ -433,6 +449,11 @@ func (s *Service) bearer(raw string) (Principal, error) {
 		if cred, ok := s.passCreds.get(c.ID, now); ok {
 			p.cred = &cred
 		}
+	case MethodScanner:
+		if c.Artifact == "" || len(c.Access) != 1 {
+			return Principal{}, ErrBadCredentials
+		}
+		p.Artifact = c.Artifact
 	case MethodAnonymous:
 	default:
 		return Principal{}, ErrBadCredentials
@@ -455,7 +476,13 @@ func (s *Service) robotValid(name, credID string, now time.Time) bool {
 // ErrDenied and ErrUnavailable; the answer depends on the principal and the name only, never on what exists.
 func (s *Service) Authorize(ctx context.Context, p Principal, upstream, repo string) error {
 	name := upstream + "/" + repo
-	if names.MatchAny(s.opts.Anonymous, name) {
+	if p.Method == MethodScanner {
+		if p.access[name] {
+			return nil
+		}
+		return ErrDenied // a scanner token is for one repository, whatever anonymous clients may pull
+	}
+	if s.opts.Open || names.MatchAny(s.opts.Anonymous, name) {
 		return nil
 	}
 	if p.token && !p.access[name] {
@@ -553,6 +580,18 @@ func (s *Service) Refresh(raw string) (Principal, error) {
 	}
 	s.opts.OnLogin(MethodRobot, "ok")
 	return robotPrincipal(c.Robot, c.CredID, "refresh"), nil
+}
+
+// ScanToken signs the token a vulnerability scanner pulls one artifact with: it may pull upstream/repository,
+// only the manifest digest (the proxy holds it to that digest and the blobs it names), its pull of that digest
+// bypasses the gate, and it lives ttl (at least a minute).
+func (s *Service) ScanToken(upstream, repository, digest string, ttl time.Duration) (string, error) {
+	if _, err := names.ParseDigest(digest); err != nil {
+		return "", fmt.Errorf("scan token: %q is not a digest", digest)
+	}
+	now := s.opts.Now()
+	return s.opts.Signer.Sign(TokenClaims{Subject: "scanner", Method: MethodScanner, Artifact: digest,
+		Access: []string{upstream + "/" + repository}, IssuedAt: now, Expiry: now.Add(max(ttl, time.Minute))})
 }
 
 // Grant is what the token service answers.

@@ -28,12 +28,14 @@ const (
 	MethodRobot       Method = "robot"
 	MethodMTLS        Method = "mtls"
 	MethodPassthrough Method = "passthrough"
+	// MethodScanner is a vulnerability scanner pulling the one artifact it was asked to scan (ScanToken).
+	MethodScanner Method = "scanner"
 )
 
 // valid reports whether m is one of the Methods above.
 func (m Method) valid() bool {
 	switch m {
-	case MethodAnonymous, MethodRobot, MethodMTLS, MethodPassthrough:
+	case MethodAnonymous, MethodRobot, MethodMTLS, MethodPassthrough, MethodScanner:
 		return true
 	}
 	return false
@@ -67,6 +69,8 @@ type TokenClaims struct {
 	CredID string
 	// Access holds the canonical "<upstream>/<repository>" names the token may pull.
 	Access []string
+	// Artifact is, for scanner tokens, the one manifest digest the token may pull (and whose gate it bypasses).
+	Artifact string
 	// Refresh marks a refresh token: only Verify(raw, true) accepts it.
 	Refresh  bool
 	IssuedAt time.Time
@@ -243,6 +247,8 @@ type (
 		Robot   string `json:"robot,omitempty"`
 		CredID  string `json:"cid,omitempty"`
 		Refresh bool   `json:"refresh,omitempty"`
+		// Artifact is the digest a scanner token is for.
+		Artifact string `json:"artifact,omitempty"`
 	}
 )
 
@@ -265,7 +271,7 @@ func (s *Signer) Sign(c TokenClaims) (string, error) {
 	}
 	body := tokenBody{
 		Access:   make([]accessEntry, 0, len(c.Access)),
-		Pullgate: privateClaims{Method: c.Method, Robot: c.Robot, CredID: c.CredID, Refresh: c.Refresh},
+		Pullgate: privateClaims{Method: c.Method, Robot: c.Robot, CredID: c.CredID, Refresh: c.Refresh, Artifact: c.Artifact},
 	}
 	for _, name := range c.Access {
 		if err := names.ValidateRepositoryWithHost(name); err != nil {
@@ -412,13 +418,14 @@ func (s *Signer) verify(raw string, refresh bool, now time.Time, set *keySet) (T
 	}
 
 	c := TokenClaims{
-		ID:      std.ID,
-		Subject: std.Subject,
-		Method:  body.Pullgate.Method,
-		Robot:   body.Pullgate.Robot,
-		CredID:  body.Pullgate.CredID,
-		Refresh: isRefresh,
-		Expiry:  expiry.UTC(),
+		ID:       std.ID,
+		Subject:  std.Subject,
+		Method:   body.Pullgate.Method,
+		Robot:    body.Pullgate.Robot,
+		CredID:   body.Pullgate.CredID,
+		Artifact: body.Pullgate.Artifact,
+		Refresh:  isRefresh,
+		Expiry:   expiry.UTC(),
 	}
 	if std.IssuedAt != nil {
 		c.IssuedAt = std.IssuedAt.Time().UTC()
