@@ -18,8 +18,7 @@ const (
 	// DefaultMaxBytes is the largest input Images reads when Limits.MaxBytes is zero: 64 MiB.
 	DefaultMaxBytes = 64 << 20
 	// DefaultMaxDepth is how deeply mappings and sequences may nest in a document when Limits.MaxDepth is
-	// zero. Kubernetes objects nest about 10 levels; CustomResourceDefinitions with embedded pod template
-	// schemas about 50.
+	// zero.
 	DefaultMaxDepth = 100
 )
 

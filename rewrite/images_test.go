@@ -139,6 +139,14 @@ spec:
 			want: []string{"one:1", "two:2", "three:3"},
 		},
 		{
+			// A sequence of mappings with the keys "key" and "value" is no mapping as written: its order holds.
+			name: "a sequence of key and value mappings",
+			input: `- key: a
+  value: {kind: Pod, spec: {initContainers: [{image: "b:1"}], containers: [{image: "a:1"}]}}
+`,
+			want: []string{"b:1", "a:1"},
+		},
+		{
 			name:  "empty input",
 			input: "",
 			want:  nil,
@@ -395,11 +403,14 @@ func TestImagesLimitsBoundaries(t *testing.T) {
 func TestImagesErrorCutsLongNames(t *testing.T) {
 	long := strings.Repeat("n", 100000)
 	// Implicit keys are at most 1024 bytes in YAML; explicit ones ("? key") are not bounded.
-	input := "kind: Pod\nmetadata: {name: " + long + "}\nspec:\n  ? " + long + "\n  : containers: [{image: 'Bad'}]\n"
+	input := "kind: Pod\nmetadata: {name: " + long + "}\nspec:\n  ? " + long + "\n  :\n    containers: [{image: 'Bad'}]\n"
 	_, err := Images(strings.NewReader(input))
 	var de *DocumentError
-	if !errors.As(err, &de) {
-		t.Fatalf("error %v, want a DocumentError", err)
+	if !errors.As(err, &de) || !errors.Is(err, names.ErrNameInvalid) {
+		t.Fatalf("error %v, want a DocumentError about the image", err)
+	}
+	if !strings.HasPrefix(de.Object, "Pod/nnn") || !strings.HasPrefix(de.Path, "spec.nnn") {
+		t.Errorf("object %.20q..., path %.20q...", de.Object, de.Path)
 	}
 	if len(de.Object) > maxShown+3 || len(de.Path) > maxShown+3 || len(err.Error()) > 1000 {
 		t.Errorf("object %d bytes, path %d bytes, message %d bytes", len(de.Object), len(de.Path), len(err.Error()))
