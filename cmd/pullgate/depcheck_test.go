@@ -9,8 +9,9 @@ import (
 
 // TestDependencyDirection holds the direction cmd -> proxy -> {cache, upstream, metrics, identity} (docs/design.md):
 // cache and upstream never import each other or proxy, cache does not speak HTTP, upstream does not know badger,
-// identity knows neither the cache nor how upstreams are reached (it asks through an interface), and names (the
-// OCI grammar) depends on none of them.
+// identity knows neither the cache nor how upstreams are reached (it asks through an interface), names (the
+// OCI grammar) depends on none of them, and rewrite (image references in Kubernetes YAML) knows nothing of
+// serving (TestRewriteImports holds the rest of its list).
 func TestDependencyDirection(t *testing.T) {
 	if _, err := exec.LookPath("go"); err != nil {
 		t.Skip("the go command is not on PATH")
@@ -36,6 +37,7 @@ func TestDependencyDirection(t *testing.T) {
 		{"certs", []string{mod + "proxy", mod + "cache", mod + "upstream", mod + "metrics"}, []string{"net/http"}},
 		// names is the one grammar every other package uses: it uses none of them.
 		{"names", []string{mod + "proxy", mod + "cache", mod + "upstream", mod + "metrics", mod + "certs", mod + "identity", mod + "cmd/pullgate"}, []string{"net/http"}},
+		{"rewrite", []string{mod + "proxy", mod + "cache", mod + "upstream", mod + "identity", mod + "gate", mod + "metrics", mod + "certs", mod + "cmd/pullgate", "github.com/dgraph-io/badger/v4"}, []string{"net/http"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.pkg, func(t *testing.T) {
@@ -52,5 +54,27 @@ func TestDependencyDirection(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestRewriteImports holds rewrite's imports outside the standard library to names and a YAML library
+// (sigs.k8s.io/yaml, or go.yaml.in/yaml/v2 beneath it) or k8s.io/api, so that it can serve a helm post-renderer
+// or an admission webhook without bringing pullgate's serving parts along.
+func TestRewriteImports(t *testing.T) {
+	if _, err := exec.LookPath("go"); err != nil {
+		t.Skip("the go command is not on PATH")
+	}
+	allowed := []string{"github.com/pullgate/pullgate/names", "sigs.k8s.io/yaml", "go.yaml.in/yaml/v2", "k8s.io/api"}
+	out, err := exec.Command("go", "list", "-f", "{{.Imports}}", "github.com/pullgate/pullgate/rewrite").Output()
+	if err != nil {
+		t.Fatalf("go list rewrite: %v", err)
+	}
+	for _, imp := range strings.Fields(strings.Trim(strings.TrimSpace(string(out)), "[]")) {
+		if first, _, _ := strings.Cut(imp, "/"); !strings.Contains(first, ".") {
+			continue // the standard library
+		}
+		if !slices.ContainsFunc(allowed, func(p string) bool { return imp == p || strings.HasPrefix(imp, p+"/") }) {
+			t.Errorf("rewrite imports %s; besides the standard library it may import only %v", imp, allowed)
+		}
 	}
 }

@@ -62,6 +62,9 @@ func run(args []string, env map[string]string, stdout, stderr io.Writer) int {
 	if len(args) > 0 && args[0] == "token" {
 		return runToken(args[1:], env, stdout, stderr)
 	}
+	if len(args) > 0 && args[0] == "images" {
+		return runImages(args[1:], os.Stdin, stdout, stderr)
+	}
 	if len(args) != 1 {
 		fmt.Fprint(stderr, usage)
 		return 2
