@@ -514,6 +514,33 @@ func (s *Service) Authorize(ctx context.Context, p Principal, upstream, repo str
 	return ErrUnauthenticated
 }
 
+// Admin reports whether p may use pullgate's admin API now: a robot with admin: true (still valid, with the
+// secret it logged in with), or a client certificate mapped to such a robot or marked admin itself. Tokens of
+// the token service never carry admin rights: the admin API takes Basic credentials or a certificate.
+func (s *Service) Admin(p Principal) bool {
+	if p.token {
+		return false
+	}
+	now := s.opts.Now()
+	set := s.set()
+	switch p.Method {
+	case MethodRobot:
+		r := set.robots[p.robot]
+		return r.usable(now) && r.secret(p.credID, now) != nil && r.Admin
+	case MethodMTLS:
+		c := set.client(p.certs)
+		if c == nil {
+			return false
+		}
+		if c.Robot != "" {
+			r := set.robots[c.Robot]
+			return r.usable(now) && r.Admin
+		}
+		return c.Admin
+	}
+	return false
+}
+
 // permits reports whether a robot or certificate principal may pull name now, by the robots file in force.
 func (s *Service) permits(p Principal, name string) bool {
 	now := s.opts.Now()

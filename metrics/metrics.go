@@ -36,6 +36,13 @@ type Metrics struct {
 	// UpstreamInvalidAnswers counts upstream answers with a success status that were not the manifest asked
 	// for (not a manifest, an invalid one, or the wrong bytes), by upstream.
 	UpstreamInvalidAnswers *prometheus.CounterVec
+	// GateVerdicts counts manifest requests by the gate's verdict: pass, blocked, pending, unscanned, bypass,
+	// exempt.
+	GateVerdicts *prometheus.CounterVec
+	// Scans counts finished vulnerability scans by result ("ok", "failed").
+	Scans *prometheus.CounterVec
+	// ScanDuration observes how long scans took, from queueing to the report.
+	ScanDuration prometheus.Histogram
 	// FillsAbandoned counts fills stopped because no client read them for the abandon grace.
 	FillsAbandoned prometheus.Counter
 	// FillsBusy counts requests refused (503) because every fill slot for the upstream stayed taken.
@@ -132,6 +139,19 @@ func New(reg prometheus.Registerer, usage Usage) *Metrics {
 			Name: "pullgate_tokens_issued_total",
 			Help: "Tokens issued by pullgate's token service, by method.",
 		}, []string{"method"}),
+		GateVerdicts: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "pullgate_gate_verdicts_total",
+			Help: "Manifest requests by the policy gate's verdict: pass, blocked, pending, unscanned, bypass, exempt.",
+		}, []string{"verdict"}),
+		Scans: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "pullgate_scans_total",
+			Help: "Finished vulnerability scans by result (ok, failed).",
+		}, []string{"result"}),
+		ScanDuration: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "pullgate_scan_duration_seconds",
+			Help:    "Time from a scan's start to its report or failure.",
+			Buckets: []float64{0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600},
+		}),
 		Prefetches: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "pullgate_prefetches_total",
 			Help: "Blob fills started ahead of clients for image manifests, by upstream.",
@@ -140,7 +160,7 @@ func New(reg prometheus.Registerer, usage Usage) *Metrics {
 	reg.MustRegister(m.Requests, m.RequestDuration, m.BytesServed, m.BytesFetched, m.UpstreamRequests,
 		m.UpstreamLatency, m.UpstreamRateLimitRemaining, m.FillsInFlight, m.DigestMismatches, m.TagMutations,
 		m.PolicyDenials, m.UpstreamInvalidAnswers, m.ConfigReloads, m.FillsAbandoned, m.FillsBusy, m.Prefetches,
-		m.Logins, m.AuthDenials, m.TokensIssued)
+		m.Logins, m.AuthDenials, m.TokensIssued, m.GateVerdicts, m.Scans, m.ScanDuration)
 	if usage != nil {
 		reg.MustRegister(
 			prometheus.NewGaugeFunc(prometheus.GaugeOpts{

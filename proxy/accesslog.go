@@ -106,6 +106,9 @@ func (h *Handler) logPull(r *http.Request, req *request, w *recorder, ae *apiErr
 		slog.Float64("duration_ms", float64(d.Microseconds())/1000),
 		slog.String("user_agent", r.UserAgent()),
 	}
+	if req.gate != "" {
+		attrs = append(attrs, slog.String("gate", string(req.gate)))
+	}
 	if req.note != "" {
 		attrs = append(attrs, slog.String("event", req.note))
 	}

@@ -70,7 +70,7 @@ func (h *Handler) authError(r *http.Request, req *request, err error) error {
 // the ns the request named, so that the token is for the same upstream), and the scope of the repository as
 // the client addressed it. errParam is the RFC 6750 error code, or empty.
 func (h *Handler) challenge(r *http.Request, req *request, errParam string) string {
-	if req.kind == kindToken {
+	if req.kind == kindToken || req.kind == kindAdmin {
 		return `Basic realm="pullgate"`
 	}
 	host := strings.ToLower(r.Host)
@@ -82,7 +82,7 @@ func (h *Handler) challenge(r *http.Request, req *request, errParam string) stri
 		realm += "?ns=" + req.ns
 	}
 	c := fmt.Sprintf(`Bearer realm=%q,service=%q`, realm, tokenService)
-	if req.kind != kindBase && req.kind != kindToken && req.name != "" {
+	if req.kind != kindBase && req.kind != kindToken && req.kind != kindAdmin && req.name != "" {
 		c += fmt.Sprintf(`,scope="repository:%s:pull"`, req.name)
 	}
 	if errParam != "" {

@@ -24,6 +24,9 @@ type Authorizer interface {
 // Options.Authorizer every identity may pull everything the policy allows. /v2/ itself is refused only to
 // anonymous clients, when Options.RequireLogin says that anonymous clients may pull nothing.
 func (h *Handler) authorize(r *http.Request, req *request) error {
+	if req.kind == kindAdmin {
+		return h.authorizeAdmin(r, req)
+	}
 	if h.opts.Authorizer == nil || req.kind == kindToken {
 		return nil // the token service decides per scope
 	}
@@ -38,6 +41,9 @@ func (h *Handler) authorize(r *http.Request, req *request) error {
 	}
 	if err := h.opts.Authorizer.Authorize(r.Context(), req.identity, req.up.Name, req.repo); err != nil {
 		return h.authError(r, req, err)
+	}
+	if err := h.scannerScope(r, req); err != nil {
+		return err
 	}
 	if user, pass, ok := h.opts.Authorizer.UpstreamCredentials(req.identity, req.up.Name, req.repo); ok {
 		req.cred = &upstream.Credentials{Username: user, Password: pass}

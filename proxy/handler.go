@@ -19,6 +19,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/pullgate/pullgate/cache"
+	"github.com/pullgate/pullgate/gate"
 	"github.com/pullgate/pullgate/identity"
 	"github.com/pullgate/pullgate/metrics"
 	"github.com/pullgate/pullgate/upstream"
@@ -102,6 +103,13 @@ type Options struct {
 	// once (config and layers, before a client asks); the rest start as those finish. Zero means
 	// 8; a negative value disables prefetching.
 	PrefetchConcurrency int
+	// Admin decides who may use the admin API (/admin/v1/); nil means there is none (404).
+	Admin AdminAuthorizer
+	// Verdicts lists the gate's verdicts for the admin API; nil means the gate is off.
+	Verdicts VerdictLister
+	// Gate decides whether a manifest may be served (scan verdicts, signatures); nil means every manifest the
+	// other layers allow is served.
+	Gate Gate
 	// Policy decides which repositories may be pulled and which tags are immutable. Zero allows everything.
 	Policy Policy
 	// Metrics receives the counters; nil means a private, unexported set.
@@ -275,6 +283,7 @@ type request struct {
 	digest    string
 	mediaType string
 	note      string // tag_mutation and the like
+	gate      gate.Verdict
 }
 
 // ServeHTTP answers one registry API request. It is a list of layers, each in its own file: routing, then
@@ -316,6 +325,8 @@ func (h *Handler) serve(w *recorder, r *http.Request, req *request) error {
 		return nil
 	case kindToken:
 		return h.serveToken(w, r, req)
+	case kindAdmin:
+		return h.serveAdmin(w, r, req)
 	case kindManifests:
 		return h.serveManifest(w, r, req)
 	case kindBlobs:

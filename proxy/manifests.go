@@ -44,6 +44,10 @@ func (h *Handler) serveManifest(w *recorder, r *http.Request, req *request) erro
 	if err != nil {
 		return err
 	}
+	req.digest, req.mediaType = m.digest.String(), m.mediaType
+	if err := h.gateManifest(r.Context(), req, m); err != nil {
+		return err
+	}
 	if m.repointed != (v1.Hash{}) {
 		req.cache, req.note = "revalidated", "tag_mutation"
 	}
@@ -310,6 +314,7 @@ func (h *Handler) downloadManifest(ctx context.Context, req *request, ref string
 	if err := h.storeManifest(req, m, p.refs); err != nil {
 		return manifest{}, err
 	}
+	h.observe(req, m)
 	if isDigest(ref) {
 		h.prefetch(req, p.refs[:p.blobs])
 		return m, nil

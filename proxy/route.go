@@ -20,6 +20,7 @@ const (
 	kindTags      kind = "tags"
 	kindReferrers kind = "referrers"
 	kindToken     kind = "token"
+	kindAdmin     kind = "admin"
 )
 
 // route is a parsed /v2/<name>/<kind>/<ref> path. It is parsed once per request.
@@ -124,6 +125,13 @@ func (h *Handler) routeRequest(r *http.Request, req *request) error {
 			return &apiError{code: codeUnsupported, message: fmt.Sprintf("the token service answers GET and POST, not %s", r.Method)}
 		}
 		req.ns = r.URL.Query().Get("ns")
+		return nil
+	}
+	if name, ok := adminRoute(r.URL.Path); ok {
+		req.kind, req.name = kindAdmin, name
+		if r.Method != http.MethodGet && r.Method != http.MethodHead {
+			return &apiError{code: codeUnsupported, message: fmt.Sprintf("this admin API route answers GET, not %s", r.Method)}
+		}
 		return nil
 	}
 	if r.Method != http.MethodGet && r.Method != http.MethodHead {

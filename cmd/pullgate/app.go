@@ -16,6 +16,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/pullgate/pullgate/cache"
+	"github.com/pullgate/pullgate/gate"
 	"github.com/pullgate/pullgate/identity"
 	"github.com/pullgate/pullgate/metrics"
 	"github.com/pullgate/pullgate/proxy"
@@ -33,8 +34,12 @@ type app struct {
 	metrics *metrics.Metrics
 	cache   *cache.Cache
 	handler *proxy.Handler
-	// identity is nil when no client identity is configured (pullgate is open).
+	// identity is nil when no client identity is configured (pullgate is open) and no gate needs scanner
+	// tokens; open says whether pullgate is open.
 	identity *identity.Service
+	open     bool
+	// gate is nil without a gate policy.
+	gate *gate.Gate
 }
 
 // newApp checks what the configuration points at (TLS key pair, CA and credentials files, patterns), opens the
@@ -78,7 +83,7 @@ func newApp(cfg config, specs []upstreamSpec, log *slog.Logger) (*app, error) {
 	if a.identity, err = newIdentity(cfg, ups, a.metrics, a.reloadReporter("robots")); err != nil {
 		return nil, err
 	}
-	if a.identity == nil {
+	if a.open = !cfg.identitiesConfigured(); a.open {
 		log.Warn(openWarning)
 	}
 
@@ -102,12 +107,26 @@ func newApp(cfg config, specs []upstreamSpec, log *slog.Logger) (*app, error) {
 		PrefetchConcurrency: prefetchOption(cfg.Prefetch),
 		Policy:              policy,
 		TokenHost:           publicHost(cfg.TLSHosts, cfg.Addr),
-		RequireLogin:        a.identity != nil && len(cfg.Anonymous) == 0,
+		RequireLogin:        !a.open && len(cfg.Anonymous) == 0,
 		Metrics:             a.metrics,
 		Log:                 log,
 	}
 	if a.identity != nil {
-		opts.Authenticator, opts.Authorizer, opts.Tokens = a.identity, a.identity, a.identity
+		opts.Authenticator, opts.Authorizer = a.identity, a.identity
+	}
+	if !a.open {
+		opts.Tokens, opts.Admin = a.identity, a.identity
+	}
+	var tokens gate.ScanTokens
+	if a.identity != nil {
+		tokens = a.identity
+	}
+	if a.gate, err = newGate(cfg, a.cache, tokens, a); err != nil {
+		a.close()
+		return nil, err
+	}
+	if a.gate != nil {
+		opts.Gate, opts.Verdicts = a.gate, a.gate
 	}
 	if a.handler, err = proxy.New(opts); err != nil {
 		a.close()
@@ -165,7 +184,7 @@ func (a *app) run(ctx context.Context) error {
 		MaxHeaderBytes:    64 << 10,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
 	}
-	ops := &http.Server{Handler: opsMux(a.reg, &ready, a.identity == nil), ReadHeaderTimeout: 10 * time.Second}
+	ops := &http.Server{Handler: opsMux(a.reg, &ready, a.open), ReadHeaderTimeout: 10 * time.Second}
 	errc := make(chan error, 2)
 	go func() { errc <- api.ServeTLS(ln, "", "") }()
 	go func() { errc <- ops.Serve(mln) }()
@@ -176,7 +195,7 @@ func (a *app) run(ctx context.Context) error {
 	}
 	log.Info("pullgate serving", "addr", ln.Addr().String(), "metrics", mln.Addr().String(),
 		"data_dir", cfg.DataDir, "upstreams", names, "default_upstream", cfg.DefaultUpstream)
-	if a.identity != nil {
+	if !a.open {
 		stopRecording := a.recordLastUse(time.Minute)
 		defer stopRecording()
 	}
@@ -203,6 +222,9 @@ func (a *app) run(ctx context.Context) error {
 
 // close closes the cache. Call it after run returned.
 func (a *app) close() {
+	if a.gate != nil {
+		a.gate.Close()
+	}
 	if a.cache == nil {
 		return
 	}

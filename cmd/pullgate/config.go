@@ -54,6 +54,14 @@ type config struct {
 	ClientCAFile             string        `env:"CLIENT_CA_FILE"`
 	TokenTTL                 time.Duration `env:"TOKEN_TTL" envDefault:"5m"`
 	RefreshTokenTTL          time.Duration `env:"REFRESH_TOKEN_TTL" envDefault:"24h"`
+	GatePolicy               string        `env:"GATE_POLICY"`
+	ScannerURL               string        `env:"SCANNER_URL"`
+	ScannerAPI               string        `env:"SCANNER_API" envDefault:"harbor"`
+	ScannerAuthFile          string        `env:"SCANNER_AUTH_FILE"`
+	ScannerCAFile            string        `env:"SCANNER_CA_FILE"`
+	ScannerRegistryURL       string        `env:"SCANNER_REGISTRY_URL"`
+	ScanTimeout              time.Duration `env:"SCAN_TIMEOUT" envDefault:"10m"`
+	ScanConcurrency          int           `env:"SCAN_CONCURRENCY" envDefault:"4"`
 	LogLevel                 slog.Level    `env:"LOG_LEVEL" envDefault:"info"`
 	ShutdownTimeout          time.Duration `env:"SHUTDOWN_TIMEOUT" envDefault:"30s"`
 }
@@ -118,7 +126,7 @@ func loadConfig(environ map[string]string) (config, []upstreamSpec, error) {
 		return c, nil, badVar("TLS_CERT", "PULLGATE_TLS_CERT and PULLGATE_TLS_KEY go together: set both or neither")
 	}
 	for name, n := range map[string]int{"UPSTREAM_CONCURRENCY": c.UpstreamConcurrency, "UPSTREAM_FAILURE_THRESHOLD": c.UpstreamFailureThreshold, "MAX_CONNS": c.MaxConns,
-		"MAX_FILLS": c.MaxFills, "MAX_FILLS_PER_UPSTREAM": c.MaxFillsPerUpstream} {
+		"MAX_FILLS": c.MaxFills, "MAX_FILLS_PER_UPSTREAM": c.MaxFillsPerUpstream, "SCAN_CONCURRENCY": c.ScanConcurrency} {
 		if n < 1 {
 			return c, nil, badVar(name, "must be at least 1, got %d", n)
 		}
@@ -126,7 +134,7 @@ func loadConfig(environ map[string]string) (config, []upstreamSpec, error) {
 	for name, d := range map[string]time.Duration{"TAG_TTL": c.TagTTL, "NEGATIVE_TTL": c.NegativeTTL, "UPSTREAM_TIMEOUT": c.UpstreamTimeout,
 		"SHUTDOWN_TIMEOUT": c.ShutdownTimeout, "UPSTREAM_COOLDOWN": c.UpstreamCoolDown, "FILL_TIMEOUT": c.FillTimeout,
 		"IDLE_TIMEOUT": c.IdleTimeout, "WRITE_TIMEOUT": c.WriteTimeout, "FILL_WAIT": c.FillWait, "ABANDON_GRACE": c.AbandonGrace,
-		"RANGE_WAIT": c.RangeWait, "PASSTHROUGH_TTL": c.PassthroughTTL, "REFRESH_TOKEN_TTL": c.RefreshTokenTTL} {
+		"RANGE_WAIT": c.RangeWait, "PASSTHROUGH_TTL": c.PassthroughTTL, "REFRESH_TOKEN_TTL": c.RefreshTokenTTL, "SCAN_TIMEOUT": c.ScanTimeout} {
 		if d <= 0 {
 			return c, nil, badVar(name, "must be a positive duration such as 30s or 5m, got %s", d)
 		}
@@ -145,6 +153,9 @@ func loadConfig(environ map[string]string) (config, []upstreamSpec, error) {
 	}
 	if c.Prefetch < 0 {
 		return c, nil, badVar("PREFETCH", "must be 0 (off) or more, got %d", c.Prefetch)
+	}
+	if err := c.checkGate(); err != nil {
+		return c, nil, err
 	}
 	specs, err := parseUpstreams(c.Upstreams)
 	if err != nil {

@@ -25,10 +25,11 @@ const openWarning = "OPEN: no client identities are configured (PULLGATE_ROBOTS_
 // tokenKeysDir is where the token service's signing keys live, under the data directory.
 func tokenKeysDir(dataDir string) string { return filepath.Join(dataDir, "token-keys") }
 
-// newIdentity builds the identity service from the configuration, or returns nil when no identity is
-// configured (pullgate is then open).
+// newIdentity builds the identity service from the configuration. With no identity configured pullgate is
+// open: it returns nil, or, when the gate needs scanner tokens, a service in open mode that knows only them.
 func newIdentity(cfg config, ups []proxy.Upstream, m *metrics.Metrics, onReload func(error)) (*identity.Service, error) {
-	if !cfg.identitiesConfigured() {
+	open := !cfg.identitiesConfigured()
+	if open && cfg.GatePolicy == "" {
 		return nil, nil
 	}
 	anonymous, err := names.CompilePatterns(cfg.Anonymous)
@@ -59,6 +60,7 @@ func newIdentity(cfg config, ups []proxy.Upstream, m *metrics.Metrics, onReload 
 		Signer:         signer,
 		TokenTTL:       cfg.TokenTTL,
 		RefreshTTL:     cfg.RefreshTokenTTL,
+		Open:           open,
 		OnReload:       onReload,
 		OnLogin: func(method identity.Method, result string) {
 			m.Logins.WithLabelValues(string(method), result).Inc()
