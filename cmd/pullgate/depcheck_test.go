@@ -10,7 +10,8 @@ import (
 // TestDependencyDirection holds the direction cmd -> proxy -> {cache, upstream, metrics, identity} (docs/design.md):
 // cache and upstream never import each other or proxy, cache does not speak HTTP, upstream does not know badger,
 // identity knows neither the cache nor how upstreams are reached (it asks through an interface), names (the
-// OCI grammar) depends on none of them, and rewrite (image references in Kubernetes YAML) knows nothing of
+// OCI grammar) depends on none of them, gate decides through interfaces (its verdict store, signature source and
+// token minter are others'), and rewrite (image references in Kubernetes YAML) knows nothing of
 // serving (TestRewriteImports holds the rest of its list).
 func TestDependencyDirection(t *testing.T) {
 	if _, err := exec.LookPath("go"); err != nil {
@@ -37,6 +38,11 @@ func TestDependencyDirection(t *testing.T) {
 		{"certs", []string{mod + "proxy", mod + "cache", mod + "upstream", mod + "metrics"}, []string{"net/http"}},
 		// names is the one grammar every other package uses: it uses none of them.
 		{"names", []string{mod + "proxy", mod + "cache", mod + "upstream", mod + "metrics", mod + "certs", mod + "identity", mod + "cmd/pullgate"}, []string{"net/http"}},
+		// gate judges through interfaces: verdicts are stored, signatures fetched and scanner tokens minted by
+		// others, so it knows neither the cache nor the proxy nor identities.
+		{"gate", []string{mod + "proxy", mod + "cache", mod + "upstream", mod + "identity", mod + "metrics", mod + "certs", mod + "cmd/pullgate", "github.com/dgraph-io/badger/v4"}, nil},
+		// watch only reads files.
+		{"watch", []string{mod + "proxy", mod + "cache", mod + "upstream", mod + "identity", mod + "gate", mod + "metrics", mod + "names"}, []string{"net/http"}},
 		{"rewrite", []string{mod + "proxy", mod + "cache", mod + "upstream", mod + "identity", mod + "gate", mod + "metrics", mod + "certs", mod + "cmd/pullgate", "github.com/dgraph-io/badger/v4"}, []string{"net/http"}},
 	}
 	for _, tt := range tests {

@@ -49,6 +49,13 @@ func TestConfigErrorsNameTheVariable(t *testing.T) {
 		{"fills per upstream at the upstream limit", map[string]string{"PULLGATE_UPSTREAM_CONCURRENCY": "8", "PULLGATE_MAX_FILLS_PER_UPSTREAM": "8"}, "PULLGATE_MAX_FILLS_PER_UPSTREAM"},
 		{"negative prefetch", map[string]string{"PULLGATE_PREFETCH": "-1"}, "PULLGATE_PREFETCH"},
 		{"range wait zero", map[string]string{"PULLGATE_RANGE_WAIT": "0s"}, "PULLGATE_RANGE_WAIT"},
+		{"scanner without a policy", map[string]string{"PULLGATE_SCANNER_URL": "https://scanner:8080"}, "PULLGATE_SCANNER_URL"},
+		{"scanner URL not a URL", map[string]string{"PULLGATE_GATE_POLICY": "/p.yaml", "PULLGATE_SCANNER_URL": "scanner:8080"}, "PULLGATE_SCANNER_URL"},
+		{"scanner URL with credentials", map[string]string{"PULLGATE_GATE_POLICY": "/p.yaml", "PULLGATE_SCANNER_URL": "https://u:p@scanner"}, "PULLGATE_SCANNER_URL"},
+		{"plaintext registry URL for the scanner", map[string]string{"PULLGATE_GATE_POLICY": "/p.yaml", "PULLGATE_SCANNER_REGISTRY_URL": "http://pullgate:5443"}, "PULLGATE_SCANNER_REGISTRY_URL"},
+		{"unknown scanner API", map[string]string{"PULLGATE_SCANNER_API": "clair"}, "PULLGATE_SCANNER_API"},
+		{"scan concurrency zero", map[string]string{"PULLGATE_SCAN_CONCURRENCY": "0"}, "PULLGATE_SCAN_CONCURRENCY"},
+		{"scan timeout zero", map[string]string{"PULLGATE_SCAN_TIMEOUT": "0s"}, "PULLGATE_SCAN_TIMEOUT"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
