@@ -106,7 +106,7 @@ type Gate struct {
 	running  map[string]*scan    // by digest
 	failures map[string]failure  // by digest
 	records  map[string]*Record  // by digest: the stored records read lately
-	judged   map[string]memoized // by digest
+	decided  map[string]memoized // by digest: the last decision that may be repeated, until its until
 	signed   map[string]memoized // by digest and rule
 }
 
@@ -123,7 +123,7 @@ type failure struct {
 
 type memoized struct {
 	policy *Policy
-	rec    *Record
+	rule   *CompiledRule
 	d      Decision
 	until  time.Time
 }
@@ -156,7 +156,7 @@ func New(o Options) (*Gate, error) {
 	ctx, stop := context.WithCancel(context.Background())
 	return &Gate{o: o, policy: pf, slots: make(chan struct{}, o.Concurrency), ctx: ctx, stop: stop,
 		running: map[string]*scan{}, failures: map[string]failure{}, records: map[string]*Record{},
-		judged: map[string]memoized{}, signed: map[string]memoized{}}, nil
+		decided: map[string]memoized{}, signed: map[string]memoized{}}, nil
 }
 
 func firstScanning(p *Policy) *CompiledRule {
@@ -205,29 +205,41 @@ func (a Artifact) ref() string { return a.name() + "@" + a.Digest }
 // returned only for what the gate could not decide because of a failure of its own (the verdict store); ctx's
 // error when the client went away.
 func (g *Gate) Check(ctx context.Context, a Artifact, src SignatureSource) (Decision, error) {
-	if !Runnable(a.MediaType, a.Manifest) {
-		return Decision{Verdict: VerdictExempt}, nil
-	}
 	pol := g.policy.Current()
 	rule := pol.Rule(a.name())
+	now := g.o.Now()
+	if d, ok := g.recall(a.Digest, pol, rule, now); ok {
+		return d, nil // the warm path: one map look-up
+	}
+	if !Runnable(a.MediaType, a.Manifest) {
+		d := Decision{Verdict: VerdictExempt, Rule: rule.Name}
+		g.remember(a.Digest, pol, rule, d, now.Add(decisionMemo))
+		return d, nil
+	}
+	until := now.Add(decisionMemo)
 	if len(rule.keys) > 0 {
-		if d, err := g.checkSignature(ctx, pol, rule, a, src); err != nil || !d.Allowed() {
+		d, sigUntil, err := g.checkSignature(ctx, pol, rule, a, src)
+		if err != nil || !d.Allowed() {
 			return d, err
 		}
+		until = minTime(until, sigUntil)
 	}
 	if !rule.NeedsScan() {
-		return Decision{Verdict: VerdictPass, Rule: rule.Name}, nil
+		d := Decision{Verdict: VerdictPass, Rule: rule.Name}
+		g.remember(a.Digest, pol, rule, d, until)
+		return d, nil
 	}
-	now := g.o.Now()
 	rec, err := g.record(a.Digest)
 	if err != nil {
 		return Decision{}, err
 	}
 	if rec != nil {
-		if now.Sub(rec.ScannedAt) >= pol.RescanAfter {
+		if rescan := rec.ScannedAt.Add(pol.RescanAfter); !now.Before(rescan) {
 			g.startScan(a) // in the background; the last verdict answers meanwhile
+		} else {
+			until = minTime(until, rescan)
 		}
-		return g.judgeMemo(pol, rule, rec, a, now), nil
+		return g.judged(pol, rule, rec, a, now, until), nil
 	}
 	if f, ok := g.failed(a.Digest, now); ok {
 		return scanFailed(rule, a, f), nil
@@ -243,12 +255,50 @@ func (g *Gate) Check(ctx context.Context, a Artifact, src SignatureSource) (Deci
 		if s.err != nil {
 			return scanFailed(rule, a, s.err), nil
 		}
-		return g.judgeMemo(pol, rule, s.rec, a, g.o.Now()), nil
+		now = g.o.Now()
+		return g.judged(pol, rule, s.rec, a, now, minTime(until, s.rec.ScannedAt.Add(pol.RescanAfter))), nil
 	case <-timer.C:
 		return unscanned(rule, a, "its vulnerability scan is still running"), nil
 	case <-ctx.Done():
 		return Decision{}, ctx.Err()
 	}
+}
+
+// judged judges rec under rule and remembers the decision until until, or an allowlist entry's expiry if
+// sooner (findings are many, pulls more).
+func (g *Gate) judged(pol *Policy, rule *CompiledRule, rec *Record, a Artifact, now, until time.Time) Decision {
+	d := judge(rule, rec, a.ref(), now)
+	for _, e := range rule.allow {
+		if e.expires.After(now) {
+			until = minTime(until, e.expires) // an allowlist entry that expires ends the decision with it
+		}
+	}
+	g.remember(a.Digest, pol, rule, d, until)
+	return d
+}
+
+// recall returns the decision remembered for digest under pol and rule, if it is still good at now.
+func (g *Gate) recall(digest string, pol *Policy, rule *CompiledRule, now time.Time) (Decision, bool) {
+	g.mu.Lock()
+	m, ok := g.decided[digest]
+	g.mu.Unlock()
+	if !ok || m.policy != pol || m.rule != rule || !now.Before(m.until) {
+		return Decision{}, false
+	}
+	return m.d, true
+}
+
+func (g *Gate) remember(digest string, pol *Policy, rule *CompiledRule, d Decision, until time.Time) {
+	g.mu.Lock()
+	boundedPut(g.decided, digest, memoized{policy: pol, rule: rule, d: d, until: until})
+	g.mu.Unlock()
+}
+
+func minTime(a, b time.Time) time.Time {
+	if b.Before(a) {
+		return b
+	}
+	return a
 }
 
 // Observe starts the scan of a manifest pullgate has just fetched from its upstream, when the policy asks
@@ -288,38 +338,16 @@ func scanFailed(rule *CompiledRule, a Artifact, err error) Decision {
 		rule.Name, a.ref(), err)}
 }
 
-// judgeMemo judges rec under rule, remembering the decision for a minute (findings are many, pulls more).
-func (g *Gate) judgeMemo(pol *Policy, rule *CompiledRule, rec *Record, a Artifact, now time.Time) Decision {
-	key := a.Digest + "\x00" + rule.Name
-	g.mu.Lock()
-	m, ok := g.judged[key]
-	g.mu.Unlock()
-	if ok && m.policy == pol && m.rec == rec && now.Before(m.until) {
-		return m.d
-	}
-	d := judge(rule, rec, a.ref(), now)
-	until := now.Add(decisionMemo)
-	for _, e := range rule.allow {
-		if e.expires.After(now) && e.expires.Before(until) {
-			until = e.expires // an allowlist entry that expires ends the decision with it
-		}
-	}
-	g.mu.Lock()
-	boundedPut(g.judged, key, memoized{policy: pol, rec: rec, d: d, until: until})
-	g.mu.Unlock()
-	return d
-}
-
 // checkSignature asks for a valid signature by one of the rule's keys, remembering the answer (a good one for
 // longer than a missing one, which may be pushed any moment).
-func (g *Gate) checkSignature(ctx context.Context, pol *Policy, rule *CompiledRule, a Artifact, src SignatureSource) (Decision, error) {
+func (g *Gate) checkSignature(ctx context.Context, pol *Policy, rule *CompiledRule, a Artifact, src SignatureSource) (Decision, time.Time, error) {
 	now := g.o.Now()
 	key := a.Digest + "\x00" + rule.Name
 	g.mu.Lock()
 	m, ok := g.signed[key]
 	g.mu.Unlock()
 	if ok && m.policy == pol && now.Before(m.until) {
-		return m.d, nil
+		return m.d, m.until, nil
 	}
 	signer, err := VerifySignature(ctx, src, a.Digest, rule.keys)
 	var d Decision
@@ -333,16 +361,16 @@ func (g *Gate) checkSignature(ctx context.Context, pol *Policy, rule *CompiledRu
 			"blocked by pullgate policy (rule %s: signature by %s required): %s", rule.Name, strings.Join(rule.SignedBy, " or "), se.Error())}
 		m = memoized{policy: pol, d: d, until: now.Add(signatureNotOK)}
 	case ctx.Err() != nil:
-		return Decision{}, ctx.Err()
+		return Decision{}, now, ctx.Err()
 	default:
 		g.o.Log.Warn("gate: signatures could not be fetched", "artifact", a.ref(), "error", err)
 		return Decision{Verdict: VerdictPending, Rule: rule.Name, RetryAfter: pendingRetry, Message: fmt.Sprintf(
-			"%s is not served yet: its signatures could not be fetched (%v); retry in %d seconds", a.ref(), err, int(pendingRetry.Seconds()))}, nil
+			"%s is not served yet: its signatures could not be fetched (%v); retry in %d seconds", a.ref(), err, int(pendingRetry.Seconds()))}, now, nil
 	}
 	g.mu.Lock()
 	boundedPut(g.signed, key, m)
 	g.mu.Unlock()
-	return d, nil
+	return d, m.until, nil
 }
 
 // record returns the stored record of digest (nil when there is none), from memory when it was read lately.
@@ -411,6 +439,7 @@ func (g *Gate) run(a Artifact, s *scan) {
 	delete(g.running, a.Digest)
 	if s.err == nil {
 		boundedPut(g.records, a.Digest, s.rec)
+		delete(g.decided, a.Digest) // a new verdict: judge again
 		delete(g.failures, a.Digest)
 	} else if g.ctx.Err() == nil {
 		boundedPut(g.failures, a.Digest, failure{err: s.err, until: g.o.Now().Add(g.o.FailureBackoff)})
