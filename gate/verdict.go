@@ -3,7 +3,6 @@ package gate
 import (
 	"cmp"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -135,6 +134,3 @@ func judge(rule *CompiledRule, rec *Record, ref string, now time.Time) Decision 
 		rule.Name, rule.Severity, ref, Counts(blocking), strings.Join(named, ", "), more,
 		cmp.Or(rec.Scanner.String(), "the scanner"), rec.ScannedAt.UTC().Format(time.RFC3339))}
 }
-
-// ErrNotFound is what a Store or a SignatureSource returns for something that does not exist.
-var ErrNotFound = errors.New("not found")
