@@ -39,6 +39,10 @@ commands:
   robot    manage robot accounts: create, list, rotate, delete, disable, enable (pullgate robot -h)
   token    rotate-key [--keep N]: make a new signing key for the token service (a running pullgate uses it
            within seconds); the N newest keys are kept, so that tokens signed before stay valid until they expire
+  images   list the container images in Kubernetes YAML or JSON files, or standard input (pullgate images -h)
+  scan     pull images' manifests through a running pullgate and report its verdicts; exit status 1 unless
+           every manifest passed (pullgate scan -h)
+  verdicts list the verdicts a running pullgate keeps, through its admin API (pullgate verdicts -h)
 `
 
 func main() {
@@ -64,6 +68,12 @@ func run(args []string, env map[string]string, stdout, stderr io.Writer) int {
 	}
 	if len(args) > 0 && args[0] == "images" {
 		return runImages(args[1:], os.Stdin, stdout, stderr)
+	}
+	if len(args) > 0 && args[0] == "scan" {
+		return runScan(args[1:], env, os.Stdin, stdout, stderr, scanOptions{})
+	}
+	if len(args) > 0 && args[0] == "verdicts" {
+		return runVerdicts(args[1:], env, stdout, stderr)
 	}
 	if len(args) != 1 {
 		fmt.Fprint(stderr, usage)
