@@ -29,6 +29,9 @@ func (h *Handler) serveBlob(w *recorder, r *http.Request, req *request) error {
 			if err := h.confirmLink(r.Context(), req, kindBlobs, d); err != nil {
 				return err
 			}
+			if err := h.gateManifestAsBlob(r.Context(), req, d, obj.MediaType); err != nil {
+				return err
+			}
 			req.cache = "hit"
 			h.opts.Cache.Touch(d)
 			return h.serveCached(w, r, d, f, obj.Size)

@@ -54,6 +54,19 @@ func (h *Handler) gateManifest(ctx context.Context, req *request, m manifest) er
 	return nil
 }
 
+// gateManifestAsBlob gates a manifest asked for through the blobs route (containerd asks /blobs/<digest> for a
+// digest whose /manifests/ answer failed): an object pullgate stored as a manifest passes the same gate there.
+func (h *Handler) gateManifestAsBlob(ctx context.Context, req *request, d v1.Hash, mediaType string) error {
+	if h.opts.Gate == nil || mediaType == "" {
+		return nil
+	}
+	m, err := h.cachedManifest(d)
+	if err != nil {
+		return err
+	}
+	return h.gateManifest(ctx, req, m)
+}
+
 // artifact describes m, of req's repository, to the gate.
 func (h *Handler) artifact(req *request, m manifest) gate.Artifact {
 	a := gate.Artifact{Upstream: req.up.Name, Repository: req.repo, Digest: m.digest.String(), MediaType: m.mediaType, Manifest: m.body}

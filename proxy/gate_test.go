@@ -287,3 +287,28 @@ func TestGateScannerTokenIsForOneArtifact(t *testing.T) {
 		}
 	})
 }
+
+func TestGateManifestThroughTheBlobsRoute(t *testing.T) {
+	ge := newGateEnv(t, "severity: High\nwait: 30s\n", scannertest.Options{Findings: critical("CVE-1", "")})
+	img := randomImage(t, 1)
+	ge.up.push(t, "library/app:1", img)
+	d := mustDigest(t, img)
+	if resp, _ := ge.get("/v2/local/library/app/manifests/" + d.String()); resp.StatusCode != http.StatusPreconditionFailed {
+		t.Fatalf("by digest: %d", resp.StatusCode)
+	}
+	// containerd asks the blobs route for a digest whose manifests answer failed: the gate holds there too.
+	for _, method := range []string{http.MethodHead, http.MethodGet} {
+		resp := ge.do(method, "/v2/local/library/app/blobs/"+d.String())
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusPreconditionFailed {
+			t.Fatalf("%s of the blocked manifest as a blob: %d, want 412", method, resp.StatusCode)
+		}
+	}
+	layers, err := img.Layers()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp, _ := ge.get("/v2/local/library/app/blobs/" + mustDigest(t, layers[0]).String()); resp.StatusCode != http.StatusOK {
+		t.Fatalf("a layer of the blocked image (blobs are not gated): %d", resp.StatusCode)
+	}
+}
