@@ -225,12 +225,13 @@ func (h *Harbor) Scan(ctx context.Context, r ScanRequest) (Report, error) {
 	return rep, nil
 }
 
-func (h *Harbor) scan(ctx context.Context, r ScanRequest) (Report, error) {
+func (h *Harbor) scan(ctx context.Context, r ScanRequest) (_ Report, err error) {
 	if r.RegistryURL == "" || r.Repository == "" || r.Digest == "" {
 		return Report{}, errors.New("a scan request needs a registry URL, a repository and a digest")
 	}
 	ctx, cancel := context.WithTimeout(ctx, h.opts.Timeout)
 	defer cancel()
+	defer func() { err = withContextError(ctx, err) }()
 
 	md, err := h.metadata(ctx)
 	if err != nil {

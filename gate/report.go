@@ -1,6 +1,7 @@
 package gate
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -49,9 +50,9 @@ type ScannerError struct {
 	Message string
 }
 
-// Error says what failed, with which status and the scanner's message.
+// Error says which request failed, with which status and the scanner's message.
 func (e *ScannerError) Error() string {
-	s := fmt.Sprintf("scanner %s: HTTP %d", e.Op, e.StatusCode)
+	s := fmt.Sprintf("%s request: HTTP %d", e.Op, e.StatusCode)
 	if t := http.StatusText(e.StatusCode); t != "" {
 		s += " " + t
 	}
@@ -96,9 +97,9 @@ func newWireScanRequest(r ScanRequest) wireScanRequest {
 // wireReport is the vulnerability report of the Harbor API (both of its media types), also the
 // webhook's answer.
 type wireReport struct {
-	GeneratedAt     string        `json:"generated_at"`
-	Artifact        *wireArtifact `json:"artifact"`
-	Scanner         *ScannerInfo  `json:"scanner"`
+	GeneratedAt     string          `json:"generated_at"`
+	Artifact        *wireArtifact   `json:"artifact"`
+	Scanner         *ScannerInfo    `json:"scanner"`
 	Vulnerabilities json.RawMessage `json:"vulnerabilities"`
 }
 
@@ -231,6 +232,16 @@ func bounded(s string) string {
 		n++
 	}
 	return b.String()
+}
+
+// withContextError makes a scan's error wrap ctx's error when ctx is done, so that a scan that was
+// cancelled or ran out of time says so whatever failed first (an answer can race with its connection's
+// close).
+func withContextError(ctx context.Context, err error) error {
+	if err == nil || ctx.Err() == nil || errors.Is(err, ctx.Err()) {
+		return err
+	}
+	return fmt.Errorf("%w: %w", context.Cause(ctx), err)
 }
 
 // sameMediaType says whether a and b name the same media type with the same version parameter.

@@ -58,24 +58,24 @@ func (o WebhookOptions) withDefaults() WebhookOptions {
 // The scanner pulls the artifact from registry.url with the distribution API (GET
 // /v2/<repository>/manifests/<digest>, then the blobs it names), sending registry.authorization as the
 // Authorization header exactly as given (it is omitted when pullgate needs none; tag and mime_type are
-// omitted when unknown). It answers when the scan is done:
+// omitted when unknown). It answers when the scan is done. A 200 answer is the report: a JSON body
+// (Content-Type application/json, or one of the Harbor API's vulnerability report types) in the shape of
+// the Harbor API's vulnerability report:
 //
-//   - 200 with a JSON body (Content-Type application/json, or one of the Harbor API's vulnerability
-//     report types) in the shape of the Harbor API's vulnerability report:
+//	{"scanner": {"name": "…", "vendor": "…", "version": "…"},
+//	 "generated_at": "2026-11-26T07:41:00Z",
+//	 "artifact": {"digest": "sha256:…"},
+//	 "vulnerabilities": [{"id": "CVE-2024-0001", "package": "openssl", "version": "3.0.1",
+//	                      "fix_version": "3.0.2", "severity": "High"}]}
 //
-//     {"scanner": {"name": "…", "vendor": "…", "version": "…"},
-//     "generated_at": "2026-11-26T07:41:00Z",
-//     "artifact": {"digest": "sha256:…"},
-//     "vulnerabilities": [{"id": "CVE-2024-0001", "package": "openssl", "version": "3.0.1",
-//     "fix_version": "3.0.2", "severity": "High"}]}
+// "vulnerabilities" is required; an empty array or null means nothing was found. A severity is one of
+// Unknown, Negligible, Low, Medium, High and Critical in any letter case; any other is read as Unknown.
+// "generated_at" (RFC 3339) is optional and defaults to the time the answer arrived; "artifact" is
+// optional and, when its digest is given, must be the digest asked for; "scanner" is optional. A report
+// holds at most MaxFindings findings and MaxReportSize bytes.
 //
-//     "vulnerabilities" is required; an empty array or null means nothing was found. A severity is one of
-//     Unknown, Negligible, Low, Medium, High and Critical in any letter case; any other is read as Unknown.
-//     "generated_at" (RFC 3339) is optional and defaults to the time the answer arrived; "artifact" is
-//     optional and, when its digest is given, must be the digest asked for; "scanner" is optional. At most
-//     MaxFindings findings and MaxReportSize bytes.
-//   - any other status fails the scan. The error holds the status and the scanner's message: "message" of
-//     a body {"error": {"message": "…"}}, else the start of the body. Redirects are not followed.
+// Any other status fails the scan. The error holds the status and the scanner's message: "message" of a
+// body {"error": {"message": "…"}}, else the start of the body. Redirects are not followed.
 //
 // Nothing is retried; a scan unanswered after Timeout fails. A Webhook is safe for concurrent use.
 type Webhook struct {
@@ -113,12 +113,13 @@ func (w *Webhook) Scan(ctx context.Context, r ScanRequest) (Report, error) {
 	return rep, nil
 }
 
-func (w *Webhook) scan(ctx context.Context, r ScanRequest) (Report, error) {
+func (w *Webhook) scan(ctx context.Context, r ScanRequest) (_ Report, err error) {
 	if r.RegistryURL == "" || r.Repository == "" || r.Digest == "" {
 		return Report{}, errors.New("a scan request needs a registry URL, a repository and a digest")
 	}
 	ctx, cancel := context.WithTimeout(ctx, w.opts.Timeout)
 	defer cancel()
+	defer func() { err = withContextError(ctx, err) }()
 	body, err := json.Marshal(newWireScanRequest(r))
 	if err != nil {
 		return Report{}, err

@@ -3,7 +3,6 @@ package scannertest
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"mime"
@@ -277,7 +276,7 @@ func (s *Scanner) report(w http.ResponseWriter, r *http.Request) {
 	select {
 	case <-j.done:
 	case <-r.Context().Done():
-		return
+		panic(http.ErrAbortHandler) // as in webhook
 	case <-s.quit:
 		writeError(w, http.StatusServiceUnavailable, "the scanner is closing")
 		return
@@ -314,8 +313,10 @@ func (s *Scanner) webhook(w http.ResponseWriter, r *http.Request) {
 	defer cancel()
 	report, err := s.run(ctx, req, o.Latency)
 	switch {
-	case errors.Is(ctx.Err(), context.Canceled) && r.Context().Err() != nil:
-		return // the client went away
+	case r.Context().Err() != nil:
+		// The client went away: send nothing rather than an empty 200, which a client whose context ended
+		// can still read, its connection's close racing with the answer.
+		panic(http.ErrAbortHandler)
 	case s.settings().Fail&FailReport != 0:
 		writeError(w, http.StatusInternalServerError, "scan failed: analysis refused (FailReport)")
 	case err != nil:
