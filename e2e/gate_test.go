@@ -508,7 +508,12 @@ func TestGatePolicyReload(t *testing.T) {
 	cve := finding("CVE-2026-7777", gate.SeverityHigh)
 	g := startGatedPullgate(t, e, gateSetup{policy: "severity: High\n", findings: map[string][]gate.Finding{im.Digest.String(): {cve}}})
 	ref := im.Ref(g.Addr)
-	_, err := pullAll(ctx, ref, e.transport())
+	parsed, err := name.ParseReference(ref, name.StrictValidation)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rt := e.transport()
+	_, err = pullAll(ctx, ref, rt)
 	wantBlocked(t, err, im.Digest.String(), "High", cve.ID)
 
 	steps := []struct {
@@ -525,7 +530,7 @@ func TestGatePolicyReload(t *testing.T) {
 		}
 		// pullgate looks at the file at most every 2s, on a request: a few seconds is the bound.
 		err := Poll(ctx, 10*time.Second, "the new policy ("+strings.TrimSpace(s.policy)+")", g.Exited(), func(ctx context.Context) error {
-			_, err := remote.Get(mustRef(t, ref), remote.WithContext(ctx), remote.WithTransport(e.transport()))
+			_, err := remote.Get(parsed, remote.WithContext(ctx), remote.WithTransport(rt))
 			status, _ := registryError(err)
 			switch {
 			case s.blocked && status == http.StatusPreconditionFailed, !s.blocked && err == nil:
@@ -539,7 +544,7 @@ func TestGatePolicyReload(t *testing.T) {
 			t.Fatal(err)
 		}
 		t.Logf("%s in force after %v", strings.TrimSpace(s.policy), time.Since(start).Round(time.Millisecond))
-		p, err := pullAll(ctx, ref, e.transport())
+		p, err := pullAll(ctx, ref, rt)
 		if s.blocked {
 			wantBlocked(t, err, im.Digest.String(), "High", cve.ID)
 		} else if err != nil || p.digest != im.Digest {
@@ -547,15 +552,6 @@ func TestGatePolicyReload(t *testing.T) {
 		}
 	}
 	scannedOnce(t, g, im.Digest)
-}
-
-func mustRef(t *testing.T, ref string) name.Reference {
-	t.Helper()
-	r, err := name.ParseReference(ref, name.StrictValidation)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return r
 }
 
 // TestGateConcurrentFirstPulls has 20 clients pull the same new image at once, each with a connection of its
