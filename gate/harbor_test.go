@@ -185,6 +185,8 @@ type harborEnv struct {
 	fake  *scannertest.Scanner
 	rec   *recorder
 	waits *waits
+	// realWait leaves HarborOptions.Wait nil (the package's timer) instead of the recorder.
+	realWait bool
 }
 
 func newHarborEnv(t *testing.T, o scannertest.Options) *harborEnv {
@@ -198,12 +200,13 @@ func newHarborEnv(t *testing.T, o scannertest.Options) *harborEnv {
 	return e
 }
 
-// harbor returns a client of the fake; o.URL and o.Client are filled in, and o.Wait when nil.
+// harbor returns a client of the fake; o.URL and o.Client are filled in, and o.Wait when nil unless
+// realWait.
 func (e *harborEnv) harbor(t *testing.T, o gate.HarborOptions) *gate.Harbor {
 	t.Helper()
 	o.URL = e.fake.URL()
 	o.Client = &http.Client{Transport: e.rec}
-	if o.Wait == nil {
+	if o.Wait == nil && !e.realWait {
 		o.Wait = e.waits.wait
 	}
 	h, err := gate.NewHarbor(o)
@@ -554,7 +557,8 @@ func TestHarborReportParsing(t *testing.T) {
 func TestHarborWaitsForContext(t *testing.T) {
 	t.Run("cancelled while polling", func(t *testing.T) {
 		e := newHarborEnv(t, scannertest.Options{Polls: 1000, RefreshAfter: "30"})
-		h := e.harbor(t, gate.HarborOptions{Wait: wait})
+		e.realWait = true
+		h := e.harbor(t, gate.HarborOptions{})
 		ctx, cancel := context.WithCancel(t.Context())
 		defer cancel()
 		done := make(chan error, 1)
@@ -578,7 +582,8 @@ func TestHarborWaitsForContext(t *testing.T) {
 	})
 	t.Run("Timeout", func(t *testing.T) {
 		e := newHarborEnv(t, scannertest.Options{Polls: 1 << 30, RefreshAfter: "0"})
-		h := e.harbor(t, gate.HarborOptions{Wait: wait, MaxPollInterval: time.Millisecond, Timeout: 100 * time.Millisecond})
+		e.realWait = true
+		h := e.harbor(t, gate.HarborOptions{MaxPollInterval: time.Millisecond, Timeout: 100 * time.Millisecond})
 		start := time.Now()
 		_, err := h.Scan(t.Context(), e.img.req)
 		if !errors.Is(err, context.DeadlineExceeded) {
@@ -591,18 +596,6 @@ func TestHarborWaitsForContext(t *testing.T) {
 			t.Errorf("%d report requests, want several", got)
 		}
 	})
-}
-
-// wait is the real wait, given explicitly so that harborEnv does not put its recorder in.
-func wait(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
 }
 
 // waitUntil polls cond until it holds, for at most 5s.
@@ -656,6 +649,18 @@ func TestHarborMisbehavingAdapter(t *testing.T) {
 				fmt.Fprintf(w, `{"error":{"message":%s}}`, msg)
 			},
 			contains: "HTTP 500 Internal Server Error: got [redacted] and",
+		},
+		{
+			name: "error echoing the bare registry token",
+			report: func(w http.ResponseWriter, _ *http.Request, scanBody string) {
+				var body struct {
+					Registry struct{ Authorization string } `json:"registry"`
+				}
+				_ = json.Unmarshal([]byte(scanBody), &body)
+				_, tok, _ := strings.Cut(body.Registry.Authorization, " ")
+				http.Error(w, "token "+tok+" expired", http.StatusInternalServerError)
+			},
+			contains: "HTTP 500 Internal Server Error: token [redacted] expired",
 		},
 		{
 			name: "plain text error",

@@ -2,6 +2,7 @@ package scannertest
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -481,5 +482,45 @@ func TestClose(t *testing.T) {
 			t.Fatalf("%d goroutines, %d before New:\n%s", runtime.NumGoroutine(), before, buf[:runtime.Stack(buf, true)])
 		}
 		time.Sleep(time.Millisecond)
+	}
+}
+
+// TestClientGone checks that the fake sends nothing, not an empty 200, to a client that went away while
+// it waited for a scan.
+func TestClientGone(t *testing.T) {
+	tr := newRegistry(t)
+	img := tr.push(t, "library/app")
+	s := newScanner(t, tr, Options{Latency: time.Hour})
+	id := accept(t, s, nil, scanBody(img))
+	body, _ := json.Marshal(scanBody(img))
+	tests := []struct {
+		name    string
+		handler http.HandlerFunc
+		req     func(ctx context.Context) *http.Request
+	}{
+		{"report", s.report, func(ctx context.Context) *http.Request {
+			r := httptest.NewRequestWithContext(ctx, "GET", "/api/v1/scan/"+id+"/report", nil)
+			r.SetPathValue("id", id)
+			r.Header.Set("Accept", MediaTypeReport11)
+			return r
+		}},
+		{"webhook", s.webhook, func(ctx context.Context) *http.Request {
+			r := httptest.NewRequestWithContext(ctx, "POST", "/webhook", bytes.NewReader(body))
+			r.Header.Set("Content-Type", "application/json")
+			return r
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ctx, cancel := context.WithCancel(t.Context())
+			cancel()
+			rec := httptest.NewRecorder()
+			defer func() {
+				if p := recover(); p != http.ErrAbortHandler {
+					t.Errorf("handler answered %d %q, panicked with %v; want http.ErrAbortHandler", rec.Code, rec.Body, p)
+				}
+			}()
+			tt.handler(rec, tt.req(ctx))
+		})
 	}
 }
