@@ -357,8 +357,7 @@ func TestGateCRI(t *testing.T) {
 		})
 		t.Run(m.name+"/blocked, by digest", func(t *testing.T) {
 			// containerd resolves a digest that its manifests HEAD did not give with a HEAD of blobs/<digest>,
-			// which pullgate answers 200 with the blocked manifest's bytes (TestGateManifestAsBlob): its error is
-			// then about an application/octet-stream it cannot unpack, not the 412.
+			// which pullgate gates as it gates the manifests route (TestGateManifestAsBlob).
 			ref := vuln.DigestRef(m.host)
 			_, err := kubeletPull(ctx, images, ref, nil)
 			t.Logf("containerd's error: %v", err)
