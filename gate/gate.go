@@ -171,9 +171,6 @@ func firstScanning(p *Policy) *CompiledRule {
 	return p.Default
 }
 
-// Policy returns the policy in force.
-func (g *Gate) Policy() *Policy { return g.policy.Current() }
-
 // Close cancels the scans still running and waits for them to end.
 func (g *Gate) Close() {
 	g.mu.Lock()

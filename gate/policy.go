@@ -177,19 +177,6 @@ func ParsePolicy(data []byte, dir string) (*Policy, error) {
 	return f.compile(dir)
 }
 
-// ReadPolicy reads and parses the policy file at path.
-func ReadPolicy(path string) (*Policy, error) {
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return nil, err
-	}
-	p, err := ParsePolicy(data, filepath.Dir(path))
-	if err != nil {
-		return nil, fmt.Errorf("gate policy %s: %w", path, err)
-	}
-	return p, nil
-}
-
 func (f *PolicyFile) compile(dir string) (*Policy, error) {
 	p := &Policy{Wait: 30 * time.Second, RescanAfter: 24 * time.Hour, keys: map[string]PublicKey{}}
 	if f.Wait != 0 {

@@ -87,13 +87,13 @@ rules:
 	}
 }
 
-func TestReadPolicyNamesTheFile(t *testing.T) {
+func TestPolicyErrorNamesTheFile(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "policy.yaml")
 	if err := os.WriteFile(path, []byte("severity: Sometimes\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := ReadPolicy(path); err == nil || !strings.Contains(err.Error(), path) {
-		t.Fatalf("ReadPolicy error %v does not name the file", err)
+	if _, err := New(Options{PolicyFile: path, Store: &memStore{m: map[string][]byte{}}}); err == nil || !strings.Contains(err.Error(), path) {
+		t.Fatalf("New's error %v does not name the policy file", err)
 	}
 }
 
