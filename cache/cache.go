@@ -58,6 +58,26 @@ type Options struct {
 	Now func() time.Time
 	// Logger receives repair and maintenance messages; nil means slog.Default().
 	Logger *slog.Logger
+
+	// MaxBytes is the quota of stored content, in bytes: least recently used objects that are not pinned are
+	// evicted in the background to keep under it, and new content that does not fit after eviction is refused
+	// with ErrQuota. Zero means no quota.
+	MaxBytes int64
+	// MinFree is the free space, in bytes, eviction keeps on the filesystem of Dir (unlike Reserve, it
+	// evicts to get there rather than refusing content). Zero means none.
+	MinFree int64
+	// MinFreePercent is MinFree as a percentage of the filesystem's size; the larger of the two counts. Zero
+	// means none.
+	MinFreePercent float64
+	// QuotaWait is how long new content that would pass MaxBytes waits for an eviction round before it is
+	// refused. Zero means 15 seconds.
+	QuotaWait time.Duration
+	// Pins are pins from the configuration, in force besides those AddPin adds; nil means none.
+	Pins []Pin
+	// OnRemove is called after objects were removed (evicted, purged or found corrupt) with the reason
+	// (ReasonQuota, ReasonMinFree, ReasonPurge, ReasonCorrupt), how many and their bytes; nil means nothing is
+	// called.
+	OnRemove func(reason string, objects int, bytes int64)
 }
 
 // Object describes one stored piece of content.

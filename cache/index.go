@@ -279,39 +279,3 @@ func (c *Cache) Missing(upstream, repo, ref string) (bool, error) {
 	}
 	return c.now().Before(until), nil
 }
-
-// Touch records that d was served. It writes the index at most once per minute per digest, so it is cheap to
-// call on every request; a failure to record is only logged, and nothing is recorded while the disk is full.
-// It remembers at most touchLimit digests.
-func (c *Cache) Touch(d v1.Hash) {
-	if checkDigest(d) != nil {
-		return
-	}
-	now := c.now()
-	c.mu.Lock()
-	last, ok := c.touched[d]
-	if ok && now.Sub(last) < touchInterval && !now.Before(last) {
-		c.mu.Unlock()
-		return
-	}
-	if !ok && len(c.touched) >= c.touchLimit {
-		c.pruneTouched(now)
-	}
-	c.touched[d] = now
-	c.mu.Unlock()
-	if err := c.set(badger.NewEntry(accessKey(d), encodeTime(now))); err != nil {
-		c.log.Debug("cache: record access time", "digest", d.String(), "err", err)
-	}
-}
-
-// Accessed returns the access time Touch last recorded for d, or ErrNotFound.
-func (c *Cache) Accessed(d v1.Hash) (time.Time, error) {
-	if err := checkDigest(d); err != nil {
-		return time.Time{}, err
-	}
-	v, err := c.get(accessKey(d))
-	if err != nil {
-		return time.Time{}, err
-	}
-	return decodeTime(v)
-}

@@ -54,9 +54,30 @@ type Cache struct {
 
 	mu         sync.Mutex
 	active     map[string]struct{}   // temp file names of writers in progress
-	touched    map[v1.Hash]time.Time // last access time recorded per digest, at most touchLimit entries
+	touched    map[v1.Hash]time.Time // last access time noted per digest, at most touchLimit entries
+	pending    map[v1.Hash]time.Time // access times noted and not yet written, at most touchLimit entries
 	touchLimit int
 	faultLimit int // maxFaults; smaller in tests
+
+	// flushNow asks the access-time task to write its batch; flushMu serializes those writes.
+	flushNow chan struct{}
+	flushMu  sync.Mutex
+	// stop is closed by Close: the background tasks end.
+	stop chan struct{}
+
+	// Quota and eviction (evict.go).
+	maxBytes       int64
+	minFree        int64
+	minFreePercent float64
+	quotaWait      time.Duration
+	fixedPins      []Pin
+	onRemove       func(reason string, objects int, bytes int64)
+	inflight       atomic.Int64 // bytes reserved by writers in progress
+	asking         atomic.Int64 // bytes writers wait to reserve
+	pinnedBytes    atomic.Int64 // what the pins held at the last eviction round
+	evictWake      chan struct{}
+	evictMu        sync.Mutex
+	roundDone      chan struct{} // closed when the next eviction round ends
 }
 
 // Open opens (creating if needed) the cache in opts.Dir. It removes temp files. After a clean stop (Close) it
@@ -72,17 +93,33 @@ func Open(opts Options) (*Cache, error) {
 	}
 	opts = opts.withDefaults()
 	c := &Cache{
-		dir:        opts.Dir,
-		blobs:      filepath.Join(opts.Dir, "blobs"),
-		tmp:        filepath.Join(opts.Dir, "tmp"),
-		now:        opts.Now,
-		log:        opts.Logger,
-		active:     make(map[string]struct{}),
-		touched:    make(map[v1.Hash]time.Time),
-		touchLimit: touchLimit,
-		faultLimit: maxFaults,
-		repaired:   make(chan struct{}),
-		space:      newSpace(opts.Dir, opts.Reserve, opts.Now, opts.Logger),
+		dir:            opts.Dir,
+		blobs:          filepath.Join(opts.Dir, "blobs"),
+		tmp:            filepath.Join(opts.Dir, "tmp"),
+		now:            opts.Now,
+		log:            opts.Logger,
+		active:         make(map[string]struct{}),
+		touched:        make(map[v1.Hash]time.Time),
+		pending:        make(map[v1.Hash]time.Time),
+		touchLimit:     touchLimit,
+		flushNow:       make(chan struct{}, 1),
+		stop:           make(chan struct{}),
+		evictWake:      make(chan struct{}, 1),
+		roundDone:      make(chan struct{}),
+		maxBytes:       opts.MaxBytes,
+		minFree:        opts.MinFree,
+		quotaWait:      opts.QuotaWait,
+		onRemove:       opts.OnRemove,
+		minFreePercent: opts.MinFreePercent,
+		faultLimit:     maxFaults,
+		repaired:       make(chan struct{}),
+		space:          newSpace(opts.Dir, opts.Reserve, opts.Now, opts.Logger),
+	}
+	for _, p := range opts.Pins {
+		if _, _, err := p.compile(); err != nil {
+			return nil, err
+		}
+		c.fixedPins = append(c.fixedPins, p)
 	}
 	index := filepath.Join(opts.Dir, "index")
 	if err := os.MkdirAll(opts.Dir, 0o700); err != nil {
@@ -130,6 +167,10 @@ func Open(opts Options) (*Cache, error) {
 	if more {
 		c.refillBallast()
 	}
+	c.bg.Go(func() { c.accessLoop(c.stop) })
+	if c.maxBytes > 0 || c.minFree > 0 || c.minFreePercent > 0 {
+		c.bg.Go(func() { c.evictLoop(c.stop) })
+	}
 	c.log.Info("cache opened", "dir", c.dir, "objects", c.objects.Load(), "bytes", c.bytes.Load(), "repair", clean == nil)
 	return c, nil
 }
@@ -157,6 +198,9 @@ func (o Options) withDefaults() Options {
 	}
 	if o.Logger == nil {
 		o.Logger = slog.Default()
+	}
+	if o.QuotaWait == 0 {
+		o.QuotaWait = 15 * time.Second
 	}
 	return o
 }
@@ -204,6 +248,7 @@ func (c *Cache) Close() error {
 	if c.stopRepair != nil {
 		c.stopRepair()
 	}
+	close(c.stop)
 	c.bg.Wait()
 	// Closing flushes the index's memtable: give it the ballast if the disk filled up since the last check.
 	if _, err := c.space.refresh(); err != nil {

@@ -16,8 +16,8 @@ func verdictKey(d v1.Hash) []byte { return append([]byte{kindVerdict, sep}, d.St
 // encodes and judges it.
 func (c *Cache) Verdict(d v1.Hash) ([]byte, error) { return c.get(verdictKey(d)) }
 
-// SetVerdict stores the gate verdict of manifest d, replacing the one before. It is kept whether or not d is
-// cached: a verdict outlives the content it judged, so that a manifest fetched again needs no new scan.
+// SetVerdict stores the gate verdict of manifest d, replacing the one before. It may be stored before d is, and
+// goes when d is removed (evicted, purged or found corrupt), so that verdicts do not outgrow the cache.
 func (c *Cache) SetVerdict(d v1.Hash, v []byte) error {
 	if len(v) > maxVerdict {
 		return fmt.Errorf("cache: a verdict of %d bytes is over the %d byte limit", len(v), maxVerdict)

@@ -36,6 +36,8 @@ type Writer struct {
 	f     *os.File   // nil once the writer ended
 	h     hash.Hash
 	ended bool
+	// reserved is the quota this writer holds (Options.MaxBytes): its announced size, or what it wrote.
+	reserved int64
 
 	mu      sync.Mutex // guards the fields below, which readers watch
 	written int64
@@ -53,9 +55,9 @@ type Writer struct {
 }
 
 // NewWriter starts storing content that should hash to d. size is the announced size, or -1 when unknown.
-// It returns ErrUnsupportedDigest for an algorithm other than sha256 and sha512, and ErrFull (wrapped) when
-// storing size bytes would leave less than the reserve free; Write fails the same way for content of unknown
-// size.
+// It returns ErrUnsupportedDigest for an algorithm other than sha256 and sha512, ErrFull (wrapped) when
+// storing size bytes would leave less than the reserve free, and ErrQuota (wrapped) when they do not fit under
+// the quota even after an eviction round; Write fails the same way for content of unknown size.
 func (c *Cache) NewWriter(d v1.Hash, mediaType string, size int64) (*Writer, error) {
 	if err := checkDigest(d); err != nil {
 		return nil, err
@@ -69,14 +71,19 @@ func (c *Cache) NewWriter(d v1.Hash, mediaType string, size int64) (*Writer, err
 	if err := c.contentRoom(0, max(size, 0)); err != nil {
 		return nil, err
 	}
-	f, err := os.CreateTemp(c.tmp, d.Algorithm+"-"+d.Hex[:16]+"-*")
-	if err != nil {
-		return nil, fmt.Errorf("cache: %w", c.noSpace(err))
+	if err := c.quotaRoom(size); err != nil {
+		return nil, err
 	}
-	if err := f.Chmod(0o600); err != nil {
-		_ = f.Close()
-		_ = os.Remove(f.Name())
-		return nil, fmt.Errorf("cache: %w", err)
+	f, err := os.CreateTemp(c.tmp, d.Algorithm+"-"+d.Hex[:16]+"-*")
+	if err == nil {
+		if err = f.Chmod(0o600); err != nil {
+			_ = f.Close()
+			_ = os.Remove(f.Name())
+		}
+	}
+	if err != nil {
+		c.unreserve(max(size, 0))
+		return nil, fmt.Errorf("cache: %w", c.noSpace(err))
 	}
 	w := &Writer{
 		c:         c,
@@ -88,6 +95,7 @@ func (c *Cache) NewWriter(d v1.Hash, mediaType string, size int64) (*Writer, err
 		h:         newHash(d.Algorithm),
 		path:      f.Name(),
 		changed:   make(chan struct{}),
+		reserved:  max(size, 0),
 	}
 	c.mu.Lock()
 	c.active[w.tmp] = struct{}{}
@@ -111,6 +119,13 @@ func (w *Writer) Write(p []byte) (int, error) {
 	if err := w.c.contentRoom(int64(len(p)), 0); err != nil {
 		w.fail(err)
 		return 0, err
+	}
+	if w.size < 0 {
+		if err := w.c.quotaRoom(int64(len(p))); err != nil {
+			w.fail(err)
+			return 0, err
+		}
+		w.reserved += int64(len(p))
 	}
 	n, err := w.f.Write(p)
 	w.h.Write(p[:n])
@@ -183,7 +198,7 @@ func (w *Writer) Commit() (Object, error) {
 	w.obj = obj
 	w.broadcast()
 	w.mu.Unlock()
-	w.c.release(w.tmp)
+	w.c.release(w.tmp, w.reserved)
 	return obj, nil
 }
 
@@ -215,7 +230,7 @@ func (w *Writer) fail(err error) {
 	w.err = err
 	w.broadcast()
 	w.mu.Unlock()
-	w.c.release(w.tmp)
+	w.c.release(w.tmp, w.reserved)
 }
 
 // endErr returns why the writer ended, or def when it was committed.
@@ -271,11 +286,20 @@ func (w *Writer) broadcast() {
 	w.changed = make(chan struct{})
 }
 
-// release forgets a temp file name once its writer ended.
-func (c *Cache) release(tmp string) {
+// release forgets a temp file name once its writer ended, and gives back the quota it held (committed
+// content is counted as stored by then).
+func (c *Cache) release(tmp string, reserved int64) {
 	c.mu.Lock()
 	delete(c.active, tmp)
 	c.mu.Unlock()
+	c.unreserve(reserved)
+}
+
+// unreserve gives back quota reserved by quotaRoom.
+func (c *Cache) unreserve(n int64) {
+	if c.maxBytes > 0 && n > 0 {
+		c.inflight.Add(-n)
+	}
 }
 
 // NewReader returns a reader of the content as it is being written, for clients waiting on the same fill. It

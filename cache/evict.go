@@ -1,0 +1,522 @@
+package cache
+
+import (
+	"bytes"
+	"container/heap"
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"slices"
+	"time"
+
+	"github.com/dgraph-io/badger/v4"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+)
+
+// ErrQuota means that new content does not fit under Options.MaxBytes even after eviction: what is stored is
+// pinned, or being read or written, or the content alone is larger than the quota. It is wrapped with the
+// numbers.
+var ErrQuota = errors.New("cache: quota reached")
+
+// Eviction keeps the cache under its quota (Options.MaxBytes) and the filesystem above its free-space floor
+// (Options.MinFree), by least recent use, in the background: a round starts when the stored and in-flight
+// bytes pass evictStart percent of the quota, and removes the least recently used objects that are not pinned
+// until they are at evictTarget percent. Serving never waits for it; a fill that would pass the quota asks for
+// a round and waits for it (at most QuotaWait), and gets ErrQuota if there is still no room.
+const (
+	evictStart  = 95
+	evictTarget = 90
+	// evictInterval is how often the eviction task checks the usage when nobody asks it to.
+	evictInterval = 10 * time.Second
+	// evictBatch bounds the candidates one scan of the index collects (about 100 bytes each); a round that
+	// needs more scans again.
+	evictBatch = 50_000
+	// removeBatch is how many objects one index transaction removes.
+	removeBatch = 1000
+)
+
+// Reasons given to Options.OnRemove.
+const (
+	ReasonQuota   = "quota"
+	ReasonMinFree = "min_free"
+	ReasonPurge   = "purge"
+	ReasonCorrupt = "corrupt"
+)
+
+// RemoveStats counts what a removal took away.
+type RemoveStats struct {
+	Objects int   // content objects
+	Bytes   int64 // their sizes
+	Tags    int   // tags that pointed at them
+	Links   int   // repository links and referrers answers of them
+}
+
+func (s *RemoveStats) add(o RemoveStats) {
+	s.Objects += o.Objects
+	s.Bytes += o.Bytes
+	s.Tags += o.Tags
+	s.Links += o.Links
+}
+
+// quotaRoom reserves n bytes of the quota for a writer. When they do not fit, it wakes the eviction task and
+// waits for its round; ErrQuota (wrapped) when there is still no room.
+func (c *Cache) quotaRoom(n int64) error {
+	if c.maxBytes <= 0 || n <= 0 {
+		return nil
+	}
+	if c.reserve(n) {
+		return nil
+	}
+	c.asking.Add(n)
+	done := c.evictRound()
+	select {
+	case <-done:
+	case <-time.After(c.quotaWait):
+	case <-c.stop:
+	}
+	c.asking.Add(-n)
+	if c.reserve(n) {
+		return nil
+	}
+	stored, inflight := c.bytes.Load(), c.inflight.Load()
+	msg := fmt.Sprintf("%d bytes more do not fit: %d bytes stored and %d being written, the quota is %d bytes", n, stored, inflight, c.maxBytes)
+	if p := c.pinnedBytes.Load(); p > 0 {
+		msg += fmt.Sprintf(" (%d bytes of it pinned)", p)
+	}
+	return fmt.Errorf("%w: %s", ErrQuota, msg)
+}
+
+// reserve counts n bytes in flight if they fit under the quota.
+func (c *Cache) reserve(n int64) bool {
+	if c.inflight.Add(n)+c.bytes.Load() <= c.maxBytes {
+		return true
+	}
+	c.inflight.Add(-n)
+	return false
+}
+
+// evictRound wakes the eviction task and returns a channel closed when a round that started after the call
+// ended.
+func (c *Cache) evictRound() <-chan struct{} {
+	c.evictMu.Lock()
+	done := c.roundDone
+	c.evictMu.Unlock()
+	select {
+	case c.evictWake <- struct{}{}:
+	default:
+	}
+	return done
+}
+
+// evictLoop runs eviction rounds every evictInterval and when asked, until stop is closed.
+func (c *Cache) evictLoop(stop <-chan struct{}) {
+	t := time.NewTicker(evictInterval)
+	defer t.Stop()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() {
+		<-stop
+		cancel()
+	}()
+	for {
+		select {
+		case <-t.C:
+		case <-c.evictWake:
+		case <-stop:
+			c.endRound()
+			return
+		}
+		c.evictOnce(ctx)
+	}
+}
+
+// endRound ends the current round for its waiters and opens the next.
+func (c *Cache) endRound() {
+	c.evictMu.Lock()
+	close(c.roundDone)
+	c.roundDone = make(chan struct{})
+	c.evictMu.Unlock()
+}
+
+// evictOnce runs one round: it works out what must go, and removes it. Its waiters are those that asked before
+// it started.
+func (c *Cache) evictOnce(ctx context.Context) {
+	c.evictMu.Lock()
+	done := c.roundDone
+	c.roundDone = make(chan struct{})
+	c.evictMu.Unlock()
+	defer close(done)
+
+	need, reason := c.evictNeed()
+	if need <= 0 {
+		return
+	}
+	start := time.Now()
+	keep, pinned, err := c.pinned(ctx)
+	if err != nil {
+		c.log.Error("cache: eviction skipped: could not work out the pinned objects", "err", err)
+		return
+	}
+	c.pinnedBytes.Store(pinned)
+	if c.maxBytes > 0 && pinned > c.maxBytes*evictTarget/100 {
+		c.log.Error("cache: pinned images take more than the quota allows; nothing pinned is evicted, and new content is refused once the quota is reached",
+			"pinned_bytes", pinned, "max_bytes", c.maxBytes)
+	}
+	st, err := c.Evict(ctx, need, keep, reason)
+	if err != nil && ctx.Err() == nil {
+		c.log.Error("cache: eviction stopped", "err", err)
+	}
+	if st.Objects > 0 || err != nil {
+		c.log.Info("cache: evicted least recently used objects", "reason", reason, "objects", st.Objects, "bytes", st.Bytes,
+			"tags", st.Tags, "links", st.Links, "wanted", need, "duration", time.Since(start).Round(time.Millisecond))
+	}
+	if st.Bytes < need {
+		c.log.Warn("cache: eviction could not free enough: the rest is pinned or was used meanwhile", "freed", st.Bytes, "wanted", need)
+	}
+}
+
+// evictNeed returns how many bytes a round should free, and why.
+func (c *Cache) evictNeed() (int64, string) {
+	var need int64
+	reason := ReasonQuota
+	if c.maxBytes > 0 {
+		used := c.bytes.Load() + c.inflight.Load() + c.asking.Load()
+		if used > c.maxBytes*evictStart/100 || c.asking.Load() > 0 {
+			need = used - c.maxBytes*evictTarget/100
+		}
+	}
+	if c.minFree > 0 || c.minFreePercent > 0 {
+		free, size, err := statfs(c.dir)
+		if err != nil {
+			c.log.Warn("cache: free space unknown", "err", err)
+			return need, reason
+		}
+		want := max(c.minFree, int64(float64(size)*c.minFreePercent/100))
+		if free < want {
+			if n := want - free + want/20; n > need {
+				need, reason = n, ReasonMinFree
+			}
+		}
+	}
+	return need, reason
+}
+
+// candidate is an object eviction may remove.
+type candidate struct {
+	d      v1.Hash
+	size   int64
+	at     time.Time // last use: the access time, else when it was stored
+	stored time.Time
+}
+
+// newest is a max-heap of candidates by last use: the root is the most recently used, the first to drop when
+// the rest already free enough.
+type newest []candidate
+
+func (h newest) Len() int           { return len(h) }
+func (h newest) Less(i, j int) bool { return h[i].at.After(h[j].at) }
+func (h newest) Swap(i, j int)      { h[i], h[j] = h[j], h[i] }
+func (h *newest) Push(x any)        { *h = append(*h, x.(candidate)) }
+func (h *newest) Pop() any {
+	old := *h
+	x := old[len(old)-1]
+	*h = old[:len(old)-1]
+	return x
+}
+
+// Evict removes least recently used objects that keep does not hold (nil keeps nothing) until need bytes are
+// freed or nothing more can go, with their tags, repository links, referrers answers, verdicts and access
+// times. An object used, or stored again, after it was chosen stays. It holds at most evictBatch candidates in
+// memory, scanning the index again as long as more must go.
+func (c *Cache) Evict(ctx context.Context, need int64, keep func(v1.Hash) bool, reason string) (RemoveStats, error) {
+	var total RemoveStats
+	c.flushAccess() // order by the latest noted times
+	for total.Bytes < need {
+		cands, err := c.oldest(ctx, need-total.Bytes, keep)
+		if err != nil || len(cands) == 0 {
+			return total, err
+		}
+		slices.SortFunc(cands, func(a, b candidate) int { return a.at.Compare(b.at) })
+		for len(cands) > 0 && total.Bytes < need {
+			n := min(len(cands), removeBatch)
+			batch := cands[:n]
+			cands = cands[n:]
+			ds := make([]v1.Hash, len(batch))
+			chosen := make(map[v1.Hash]candidate, len(batch))
+			for i, cd := range batch {
+				ds[i], chosen[cd.d] = cd.d, cd
+			}
+			st, err := c.remove(ctx, ds, reason, func(o Object) bool {
+				cd := chosen[o.Digest]
+				return o.Stored.Equal(cd.stored) && !c.usedSince(o.Digest, cd.at)
+			})
+			total.add(st)
+			if err != nil {
+				return total, err
+			}
+		}
+	}
+	return total, nil
+}
+
+// usedSince reports whether Touch noted a use of d after t.
+func (c *Cache) usedSince(d v1.Hash, t time.Time) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	last, ok := c.touched[d]
+	return ok && last.After(t)
+}
+
+// oldest scans the index for the least recently used objects not kept whose sizes add up to need, at most
+// evictBatch of them.
+func (c *Cache) oldest(ctx context.Context, need int64, keep func(v1.Hash) bool) ([]candidate, error) {
+	h := &newest{}
+	var sum int64
+	err := c.Walk(ctx, func(o Object, accessed time.Time) error {
+		if keep != nil && keep(o.Digest) {
+			return nil
+		}
+		at := accessed
+		if at.IsZero() || at.Before(o.Stored) {
+			at = o.Stored
+		}
+		cd := candidate{d: o.Digest, size: o.Size, at: at, stored: o.Stored}
+		if h.Len() > 0 && sum-(*h)[0].size >= need && !cd.at.Before((*h)[0].at) {
+			return nil // newer than every candidate, which already free enough
+		}
+		heap.Push(h, cd)
+		sum += cd.size
+		for h.Len() > 1 && (sum-(*h)[0].size >= need || h.Len() > evictBatch) {
+			sum -= heap.Pop(h).(candidate).size
+		}
+		return nil
+	})
+	return *h, err
+}
+
+// Walk calls fn for every stored object with the access time Touch last noted for it (zero when none),
+// streaming over the index: it holds one object at a time. It stops with fn's error, or ctx's.
+func (c *Cache) Walk(ctx context.Context, fn func(o Object, accessed time.Time) error) error {
+	c.mu.Lock()
+	noted := make(map[v1.Hash]time.Time, len(c.pending))
+	for d, t := range c.pending {
+		noted[d] = t
+	}
+	c.mu.Unlock()
+	return c.db.View(func(txn *badger.Txn) error {
+		acc := txn.NewIterator(badger.IteratorOptions{Prefix: []byte{kindAccess, sep}, PrefetchValues: true, PrefetchSize: 100})
+		defer acc.Close()
+		acc.Rewind()
+		return c.scanObjects(txn, func(o Object) error {
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+			var at time.Time
+			want := accessKey(o.Digest)
+			for acc.Valid() && bytes.Compare(acc.Item().Key(), want) < 0 {
+				acc.Next()
+			}
+			if acc.Valid() && bytes.Equal(acc.Item().Key(), want) {
+				if err := acc.Item().Value(func(v []byte) (err error) { at, err = decodeTime(v); return err }); err != nil {
+					return err
+				}
+			}
+			if t, ok := noted[o.Digest]; ok && t.After(at) {
+				at = t
+			}
+			return fn(o, at)
+		})
+	})
+}
+
+// Remove removes the objects ds (those stored) with their tags, repository links, referrers answers, verdicts
+// and access times; reason is passed to Options.OnRemove. Readers that opened an object before keep reading it;
+// the next request for it is a miss.
+func (c *Cache) Remove(ctx context.Context, ds []v1.Hash, reason string) (RemoveStats, error) {
+	var total RemoveStats
+	for len(ds) > 0 {
+		n := min(len(ds), removeBatch)
+		st, err := c.remove(ctx, ds[:n], reason, nil)
+		total.add(st)
+		if err != nil {
+			return total, err
+		}
+		ds = ds[n:]
+	}
+	return total, nil
+}
+
+// remove removes at most removeBatch objects of ds for which still (nil: always) holds, then what refers to
+// them. It takes the digests' locks in order, so that no install runs in between: the index entries go first,
+// in one transaction, then the files (a crash in between leaves files without entries, which the next Open
+// removes).
+func (c *Cache) remove(ctx context.Context, ds []v1.Hash, reason string, still func(Object) bool) (RemoveStats, error) {
+	var st RemoveStats
+	if err := ctx.Err(); err != nil {
+		return st, err
+	}
+	stripes := make([]int, 0, len(ds))
+	for _, d := range ds {
+		if checkDigest(d) != nil {
+			return st, fmt.Errorf("cache: remove: invalid digest %q", d.String())
+		}
+		stripes = append(stripes, int(unhex(d.Hex[0])<<4|unhex(d.Hex[1])))
+	}
+	slices.Sort(stripes)
+	stripes = slices.Compact(stripes)
+	for _, s := range stripes {
+		c.locks[s].Lock()
+	}
+	unlock := func() {
+		for _, s := range stripes {
+			c.locks[s].Unlock()
+		}
+	}
+	var gone []Object
+	if err := c.indexRoom(); err != nil {
+		// Removing is how room is made: write the deletions anyway (the ballast is there for this).
+		c.log.Warn("cache: removing objects on a full disk", "err", err)
+	}
+	err := c.db.Update(func(txn *badger.Txn) error {
+		gone = gone[:0]
+		for _, d := range ds {
+			item, err := txn.Get(objectKey(d))
+			if errors.Is(err, badger.ErrKeyNotFound) {
+				continue
+			}
+			if err != nil {
+				return err
+			}
+			var o Object
+			if err := item.Value(func(v []byte) (err error) { o, err = decodeObject(d, v); return err }); err != nil {
+				return err
+			}
+			if still != nil && !still(o) {
+				continue
+			}
+			for _, k := range [][]byte{objectKey(d), accessKey(d), verdictKey(d)} {
+				if err := txn.Delete(k); err != nil {
+					return err
+				}
+			}
+			gone = append(gone, o)
+		}
+		return nil
+	})
+	if err != nil {
+		unlock()
+		return st, fmt.Errorf("cache: remove: write index: %w", err)
+	}
+	set := make(map[v1.Hash]struct{}, len(gone))
+	for _, o := range gone {
+		if err := os.Remove(c.Path(o.Digest)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			c.log.Error("cache: remove content file; the next start removes it", "path", c.Path(o.Digest), "err", err)
+		}
+		c.bytes.Add(-o.Size)
+		c.objects.Add(-1)
+		st.Objects++
+		st.Bytes += o.Size
+		set[o.Digest] = struct{}{}
+	}
+	unlock()
+	c.mu.Lock()
+	for d := range set {
+		delete(c.touched, d)
+		delete(c.pending, d)
+	}
+	c.mu.Unlock()
+	if len(set) == 0 {
+		return st, nil
+	}
+	tags, links, err := c.dropReferences(ctx, set)
+	st.Tags, st.Links = tags, links
+	if c.onRemove != nil {
+		c.onRemove(reason, st.Objects, st.Bytes)
+	}
+	return st, err
+}
+
+// dropReferences removes the tags that point at the digests of gone, the repository links and referrers
+// answers of them: one scan of each key kind. A tag pointed elsewhere meanwhile stays.
+func (c *Cache) dropReferences(ctx context.Context, gone map[v1.Hash]struct{}) (tags, links int, err error) {
+	type tagKey struct{ k, v []byte }
+	var tagKeys []tagKey
+	var linkKeys [][]byte
+	err = c.db.View(func(txn *badger.Txn) error {
+		it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte{kindTag, sep}, PrefetchValues: true, PrefetchSize: 100})
+		defer it.Close()
+		for it.Rewind(); it.Valid(); it.Next() {
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+			v, err := it.Item().ValueCopy(nil)
+			if err != nil {
+				return err
+			}
+			var e TagEntry
+			if decodeTag(v, &e) != nil {
+				continue
+			}
+			if _, ok := gone[e.Digest]; ok {
+				tagKeys = append(tagKeys, tagKey{it.Item().KeyCopy(nil), v})
+			}
+		}
+		for _, kind := range []byte{kindLink, kindReferrers} {
+			it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte{kind, sep}})
+			for it.Rewind(); it.Valid(); it.Next() {
+				k := it.Item().Key()
+				i := bytes.LastIndexByte(k, sep)
+				d, err := v1.NewHash(string(k[i+1:]))
+				if err != nil {
+					continue
+				}
+				if _, ok := gone[d]; ok {
+					linkKeys = append(linkKeys, it.Item().KeyCopy(nil))
+				}
+			}
+			it.Close()
+		}
+		return nil
+	})
+	if err != nil {
+		return 0, 0, fmt.Errorf("cache: remove references: %w", err)
+	}
+	for chunk := range slices.Chunk(tagKeys, removeBatch) {
+		err := c.db.Update(func(txn *badger.Txn) error {
+			for _, t := range chunk {
+				item, err := txn.Get(t.k)
+				if errors.Is(err, badger.ErrKeyNotFound) {
+					continue
+				}
+				if err != nil {
+					return err
+				}
+				if cur, err := item.ValueCopy(nil); err != nil || !bytes.Equal(cur, t.v) {
+					continue // pointed elsewhere meanwhile
+				}
+				if err := txn.Delete(t.k); err != nil {
+					return err
+				}
+				tags++
+			}
+			return nil
+		})
+		if err != nil {
+			return tags, links, fmt.Errorf("cache: remove tags: %w", err)
+		}
+	}
+	wb := c.db.NewWriteBatch()
+	for _, k := range linkKeys {
+		if err := wb.Delete(k); err != nil {
+			wb.Cancel()
+			return tags, links, fmt.Errorf("cache: remove links: %w", err)
+		}
+		links++
+	}
+	if err := wb.Flush(); err != nil {
+		return tags, 0, fmt.Errorf("cache: remove links: %w", err)
+	}
+	return tags, links, nil
+}
