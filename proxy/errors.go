@@ -126,6 +126,8 @@ func toAPIError(err error, k kind) *apiError {
 		return &apiError{code: unknownCode(k), message: "not cached, and the upstream is offline: " + err.Error(), cause: err}
 	case errors.Is(err, upstream.ErrUnavailable):
 		return &apiError{code: codeUnavailable, message: "not cached, and the upstream cannot be reached: " + err.Error(), cause: err}
+	case errors.Is(err, cache.ErrQuota):
+		return &apiError{code: codeUnavailable, retryAfter: time.Minute, message: "cache quota reached: pullgate cannot store this until its cache quota (PULLGATE_MAX_BYTES) has room; what is cached is still served", cause: err}
 	case errors.Is(err, cache.ErrFull):
 		return &apiError{code: codeUnavailable, retryAfter: time.Minute, message: "cache full: pullgate's disk has no room for new content until space is freed; what is cached is still served", cause: err}
 	case errors.As(err, &dm), errors.As(err, &sm):

@@ -183,6 +183,8 @@ type env struct {
 	h     *Handler
 	srv   *httptest.Server
 	logs  *syncBuffer
+	// cacheOpts are the cache's options besides Dir, Now and Logger.
+	cacheOpts cache.Options
 }
 
 func newEnv(t testing.TB, tweak ...func(*Options)) *env {
@@ -220,7 +222,9 @@ func newEnvWithRegistry(t testing.TB, regOpts []registry.Option, tweak ...func(*
 // start opens the cache and serves the handler.
 func (e *env) start() {
 	e.t.Helper()
-	c, err := cache.Open(cache.Options{Dir: e.dir, Now: e.clock.Now, Logger: slog.New(slog.NewJSONHandler(io.Discard, nil))})
+	co := e.cacheOpts
+	co.Dir, co.Now, co.Logger = e.dir, e.clock.Now, slog.New(slog.NewJSONHandler(io.Discard, nil))
+	c, err := cache.Open(co)
 	if err != nil {
 		e.t.Fatal(err)
 	}
