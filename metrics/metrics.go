@@ -57,6 +57,14 @@ type Metrics struct {
 	AuthDenials *prometheus.CounterVec
 	// TokensIssued counts tokens the token service issued, by method.
 	TokensIssued *prometheus.CounterVec
+	// Evictions counts objects removed from the cache, by reason ("quota", "min_free", "purge", "corrupt").
+	Evictions *prometheus.CounterVec
+	// EvictedBytes counts the bytes of the objects removed from the cache, by reason.
+	EvictedBytes *prometheus.CounterVec
+	// ScrubbedBytes counts the bytes the background scrub re-hashed.
+	ScrubbedBytes prometheus.Counter
+	// CacheMaxBytes is the cache quota (PULLGATE_MAX_BYTES); 0 when there is none.
+	CacheMaxBytes prometheus.Gauge
 }
 
 // Usage reports the cache's size; it is read at scrape time.
@@ -156,11 +164,28 @@ func New(reg prometheus.Registerer, usage Usage) *Metrics {
 			Name: "pullgate_prefetches_total",
 			Help: "Blob fills started ahead of clients for image manifests, by upstream.",
 		}, []string{"upstream"}),
+		Evictions: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "pullgate_cache_evictions_total",
+			Help: "Objects removed from the cache, by reason (quota, min_free, purge, corrupt).",
+		}, []string{"reason"}),
+		EvictedBytes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "pullgate_cache_evicted_bytes_total",
+			Help: "Bytes of the objects removed from the cache, by reason (quota, min_free, purge, corrupt).",
+		}, []string{"reason"}),
+		ScrubbedBytes: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "pullgate_cache_scrubbed_bytes_total",
+			Help: "Bytes of stored content the background scrub re-hashed.",
+		}),
+		CacheMaxBytes: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "pullgate_cache_max_bytes",
+			Help: "The cache quota in bytes (PULLGATE_MAX_BYTES); 0 when there is none.",
+		}),
 	}
 	reg.MustRegister(m.Requests, m.RequestDuration, m.BytesServed, m.BytesFetched, m.UpstreamRequests,
 		m.UpstreamLatency, m.UpstreamRateLimitRemaining, m.FillsInFlight, m.DigestMismatches, m.TagMutations,
 		m.PolicyDenials, m.UpstreamInvalidAnswers, m.ConfigReloads, m.FillsAbandoned, m.FillsBusy, m.Prefetches,
-		m.Logins, m.AuthDenials, m.TokensIssued, m.GateVerdicts, m.Scans, m.ScanDuration)
+		m.Logins, m.AuthDenials, m.TokensIssued, m.GateVerdicts, m.Scans, m.ScanDuration,
+		m.Evictions, m.EvictedBytes, m.ScrubbedBytes, m.CacheMaxBytes)
 	if usage != nil {
 		reg.MustRegister(
 			prometheus.NewGaugeFunc(prometheus.GaugeOpts{

@@ -54,6 +54,7 @@ func newApp(cfg config, specs []upstreamSpec, log *slog.Logger) (*app, error) {
 		}
 		return a.cache.Usage()
 	})
+	a.metrics.CacheMaxBytes.Set(float64(cfg.limits.maxBytes))
 	var err error
 	if a.tls, err = serverTLS(cfg, log, a.reloadReporter("tls")); err != nil {
 		return nil, err
@@ -87,7 +88,9 @@ func newApp(cfg config, specs []upstreamSpec, log *slog.Logger) (*app, error) {
 		log.Warn(openWarning)
 	}
 
-	a.cache, err = cache.Open(cache.Options{Dir: cfg.DataDir, Logger: log, Reserve: cfg.CacheReserve})
+	a.cache, err = cache.Open(cache.Options{Dir: cfg.DataDir, Logger: log, Reserve: cfg.CacheReserve,
+		MaxBytes: cfg.limits.maxBytes, MinFree: cfg.limits.minFree, MinFreePercent: cfg.limits.minFreePercent,
+		Pins: cfg.limits.pins, OnRemove: a.countRemovals})
 	if err != nil {
 		return nil, fmt.Errorf("opening the cache in %s: %w", cfg.DataDir, err)
 	}
@@ -133,6 +136,12 @@ func newApp(cfg config, specs []upstreamSpec, log *slog.Logger) (*app, error) {
 		return nil, err
 	}
 	return a, nil
+}
+
+// countRemovals counts the objects the cache removed (evicted, purged, found corrupt).
+func (a *app) countRemovals(reason string, objects int, bytes int64) {
+	a.metrics.Evictions.WithLabelValues(reason).Add(float64(objects))
+	a.metrics.EvictedBytes.WithLabelValues(reason).Add(float64(bytes))
 }
 
 // reloadReporter logs and counts the reloads of a configuration file: each change of outcome once (a file

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/caarlos0/env/v11"
+	"github.com/pullgate/pullgate/cache"
 )
 
 // config is every PULLGATE_* variable. The README's configuration table lists the same, with these defaults.
@@ -41,6 +42,11 @@ type config struct {
 	RangeWait                time.Duration `env:"RANGE_WAIT" envDefault:"30s"`
 	Prefetch                 int           `env:"PREFETCH" envDefault:"8"`
 	CacheReserve             int64         `env:"CACHE_RESERVE" envDefault:"0"`
+	MaxBytes                 string        `env:"MAX_BYTES" envDefault:"200GiB"`
+	MinFree                  string        `env:"MIN_FREE" envDefault:"10%"`
+	Pin                      []string      `env:"PIN" envSeparator:","`
+	ScrubRate                float64       `env:"SCRUB_RATE" envDefault:"10"`
+	ScrubInterval            time.Duration `env:"SCRUB_INTERVAL" envDefault:"168h"`
 	Offline                  string        `env:"OFFLINE" envDefault:"false"`
 	TagTTL                   time.Duration `env:"TAG_TTL" envDefault:"5m"`
 	NegativeTTL              time.Duration `env:"NEGATIVE_TTL" envDefault:"30s"`
@@ -64,6 +70,17 @@ type config struct {
 	ScanConcurrency          int           `env:"SCAN_CONCURRENCY" envDefault:"4"`
 	LogLevel                 slog.Level    `env:"LOG_LEVEL" envDefault:"info"`
 	ShutdownTimeout          time.Duration `env:"SHUTDOWN_TIMEOUT" envDefault:"30s"`
+
+	// Parsed by loadConfig from the variables above.
+	limits cacheLimits
+}
+
+// cacheLimits are the cache's quota, free-space floor and pins.
+type cacheLimits struct {
+	maxBytes       int64
+	minFree        int64
+	minFreePercent float64
+	pins           []cache.Pin
 }
 
 // verifyConfig is what `pullgate verify` reads: only where the data is, and how much to log.
@@ -167,6 +184,9 @@ func loadConfig(environ map[string]string) (config, []upstreamSpec, error) {
 	if c.DefaultUpstream != "" && !hasUpstream(specs, c.DefaultUpstream) {
 		return c, nil, badVar("DEFAULT_UPSTREAM", "%q is not in PULLGATE_UPSTREAMS; set it to one of them, or to empty to refuse requests that name no upstream", c.DefaultUpstream)
 	}
+	if c.limits, err = c.parseLimits(nameResolver{specs, c.DefaultUpstream}); err != nil {
+		return c, nil, err
+	}
 	return c, specs, nil
 }
 
@@ -259,4 +279,33 @@ func hasUpstream(specs []upstreamSpec, name string) bool {
 		}
 	}
 	return false
+}
+
+// parseLimits reads PULLGATE_MAX_BYTES, PULLGATE_MIN_FREE, PULLGATE_PIN and the scrub's variables.
+func (c config) parseLimits(r nameResolver) (cacheLimits, error) {
+	var l cacheLimits
+	var err error
+	if l.maxBytes, err = parseBytes(c.MaxBytes); err != nil {
+		return l, badVar("MAX_BYTES", "%v (0 means no quota)", err)
+	}
+	if l.minFree, l.minFreePercent, err = parseFree(c.MinFree); err != nil {
+		return l, badVar("MIN_FREE", "%v", err)
+	}
+	for _, s := range c.Pin {
+		if s = strings.TrimSpace(s); s == "" {
+			continue
+		}
+		p, err := r.pin(s)
+		if err != nil {
+			return l, badVar("PIN", "%v", err)
+		}
+		l.pins = append(l.pins, p)
+	}
+	if c.ScrubRate < 0 {
+		return l, badVar("SCRUB_RATE", "must be 0 (off) or a rate in MB/s, got %g", c.ScrubRate)
+	}
+	if c.ScrubInterval < time.Hour {
+		return l, badVar("SCRUB_INTERVAL", "must be at least 1h, got %s", c.ScrubInterval)
+	}
+	return l, nil
 }

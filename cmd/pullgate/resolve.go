@@ -1,0 +1,117 @@
+package main
+
+import (
+	"fmt"
+	"strings"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+
+	"github.com/pullgate/pullgate/cache"
+	"github.com/pullgate/pullgate/names"
+)
+
+// nameResolver maps image names as users write them to the upstream and repository pullgate keeps them under,
+// by the rules pullgate serves clients with: a first path element that names a configured upstream selects it,
+// else the default upstream; Docker Hub's one-element names get "library/". A first element that looks like a
+// registry host but is not configured is an error, rather than a repository of the default upstream.
+type nameResolver struct {
+	specs []upstreamSpec
+	def   string
+}
+
+// cachedImage is an image (or, with globs, a set of them) at one upstream.
+type cachedImage struct {
+	upstream, repo string
+	tag            string // may be empty, or a glob in pins
+	digest         v1.Hash
+}
+
+// String writes the cachedImage as "<upstream>/<repository>[:tag][@digest]".
+func (t cachedImage) String() string {
+	s := t.upstream + "/" + t.repo
+	if t.tag != "" {
+		s += ":" + t.tag
+	}
+	if t.digest != (v1.Hash{}) {
+		s += "@" + t.digest.String()
+	}
+	return s
+}
+
+// split reads "name[:tag][@digest]" without checking the name.
+func splitReference(s string) (name, tag string, d v1.Hash, err error) {
+	name = s
+	if n, dg, ok := strings.Cut(s, "@"); ok {
+		if d, err = names.ParseDigest(dg); err != nil {
+			return "", "", d, fmt.Errorf("%q: %w", s, err)
+		}
+		name = n
+	}
+	if i := strings.LastIndexByte(name, ':'); i >= 0 && !strings.Contains(name[i+1:], "/") {
+		name, tag = name[:i], name[i+1:]
+		if tag == "" {
+			return "", "", d, fmt.Errorf("%q: empty tag", s)
+		}
+	}
+	return name, tag, d, nil
+}
+
+// resolve maps a reference such as "nginx:1.25", "docker.io/library/nginx@sha256:…" or, with glob set,
+// "ghcr.io/acme/**" (every tag of every repository under acme) to its cachedImage. Without glob, a missing tag is
+// "latest" unless a digest is given, and names are checked against the OCI grammar.
+func (r nameResolver) resolve(s string, glob bool) (cachedImage, error) {
+	name, tag, d, err := splitReference(strings.TrimSpace(s))
+	if err != nil {
+		return cachedImage{}, err
+	}
+	var spec *upstreamSpec
+	repo := name
+	if first, rest, ok := strings.Cut(name, "/"); ok {
+		for i := range r.specs {
+			if r.specs[i].name == first || (names.IsDockerHub(first) && names.IsDockerHub(r.specs[i].url.Hostname())) {
+				spec, repo = &r.specs[i], rest
+				break
+			}
+		}
+		if spec == nil && (strings.ContainsAny(first, ".:") || first == "localhost") {
+			return cachedImage{}, fmt.Errorf("%q: %s is not an upstream pullgate is configured with (PULLGATE_UPSTREAMS)", s, first)
+		}
+	}
+	if spec == nil {
+		for i := range r.specs {
+			if r.specs[i].name == r.def {
+				spec = &r.specs[i]
+			}
+		}
+		if spec == nil {
+			return cachedImage{}, fmt.Errorf("%q names no upstream, and no default upstream is set (PULLGATE_DEFAULT_UPSTREAM)", s)
+		}
+	}
+	if names.IsDockerHub(spec.url.Hostname()) {
+		repo = names.DockerHubRepository(repo)
+	}
+	t := cachedImage{upstream: spec.name, repo: repo, tag: tag, digest: d}
+	if glob {
+		return t, nil
+	}
+	if err := names.ValidateRepository(repo); err != nil {
+		return cachedImage{}, fmt.Errorf("%q: %w", s, err)
+	}
+	if t.tag == "" && t.digest == (v1.Hash{}) {
+		t.tag = names.DefaultTag
+	}
+	return t, nil
+}
+
+// pin reads a pin as users write it (PULLGATE_PIN, pullgate pin): an image, or a pattern of repositories and
+// tags. A pin without tag or digest holds every tag of the repositories.
+func (r nameResolver) pin(s string) (cache.Pin, error) {
+	t, err := r.resolve(s, true)
+	if err != nil {
+		return cache.Pin{}, err
+	}
+	if t.digest != (v1.Hash{}) {
+		t.tag = ""
+	}
+	return cache.ParsePin(t.String())
+}
