@@ -101,7 +101,7 @@ type barProgress struct {
 
 // newBarProgress draws on w, which should be a terminal; width zero means the terminal's.
 func newBarProgress(w io.Writer, width int) *barProgress {
-	opts := []mpb.ContainerOption{mpb.WithOutput(w), mpb.WithRefreshRate(200 * time.Millisecond)}
+	opts := []mpb.ContainerOption{mpb.WithOutput(w), mpb.WithRefreshRate(200 * time.Millisecond), mpb.WithAutoRefresh()}
 	if width > 0 {
 		opts = append(opts, mpb.WithWidth(width))
 	}
