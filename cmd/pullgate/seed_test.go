@@ -708,3 +708,89 @@ func TestSeedState(t *testing.T) {
 }
 
 func ptr[T any](v T) *T { return &v }
+
+// TestSeedHostileServer holds that a blob whose bytes do not match its digest or size is a failure and is not
+// recorded in the state file, so that the next run reads it again, and that answers are read with bounds.
+func TestSeedHostileServer(t *testing.T) {
+	good := []byte("good bytes")
+	goodD := digestOf("sha256", good)
+	blobs := map[string][]byte{}
+	manifestFor := func(layer []byte, declared int64) (string, []byte) {
+		d := digestOf("sha256", layer)
+		m := fmt.Sprintf(`{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json",`+
+			`"config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":%q,"size":%d},`+
+			`"layers":[{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":%q,"size":%d}]}`,
+			goodD, len(good), d, declared)
+		return d, []byte(m)
+	}
+	manifests := map[string][]byte{}
+	tests := []struct {
+		name, tag string
+		serve     []byte // the layer's bytes as served
+		layer     []byte // as the manifest names it
+		declared  int64
+		errHas    string
+	}{
+		{"tampered bytes", "tampered", []byte("evil bytes"), []byte("real byte1"), 10, "does not match its digest"},
+		{"more than declared", "long", []byte("real byte2 and more"), []byte("real byte2"), 10, "more than the 10 bytes the manifest says"},
+		{"fewer than declared", "short", []byte("real"), []byte("real byte3"), 10, "pullgate served 4 of the 10 bytes"},
+		{"a manifest too large", "huge", nil, nil, 0, "larger than 4194304 bytes"},
+	}
+	var layers []string
+	for _, tt := range tests {
+		if tt.layer == nil {
+			manifests[tt.tag] = bytes.Repeat([]byte(" "), maxManifestAnswer+1)
+			continue
+		}
+		d, m := manifestFor(tt.layer, tt.declared)
+		manifests[tt.tag] = m
+		blobs[d] = tt.serve
+		layers = append(layers, d)
+	}
+	blobs[goodD] = good
+	srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, kind, _ := strings.Cut(r.URL.Path, "/evil/")
+		switch k, ref, _ := strings.Cut(kind, "/"); k {
+		case "manifests":
+			if m, ok := manifests[ref]; ok {
+				w.Header().Set("Content-Type", "application/vnd.oci.image.manifest.v1+json")
+				w.Write(m)
+				return
+			}
+		case "blobs":
+			if b, ok := blobs[ref]; ok {
+				w.Write(b)
+				return
+			}
+		}
+		http.NotFound(w, r)
+	}))
+	defer srv.Close()
+	caFile := filepath.Join(t.TempDir(), "ca.crt")
+	if err := os.WriteFile(caFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: srv.Certificate().Raw}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	env := map[string]string{"PULLGATE_SERVER": srv.URL, "PULLGATE_CA_FILE": caFile}
+	state := filepath.Join(t.TempDir(), "seed.state")
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var out, errOut bytes.Buffer
+			code := runSeed([]string{"--state", state, "x.example/evil:" + tt.tag}, env, strings.NewReader(""), &out, &errOut, seedOptions{Display: displayPlain})
+			if code != 1 || !strings.Contains(out.String(), "failed:\n  x.example/evil:"+tt.tag+": ") || !strings.Contains(out.String(), tt.errHas) {
+				t.Errorf("exit status %d, want 1 and %q\nstdout:\n%s\nstderr:\n%s", code, tt.errHas, out.String(), errOut.String())
+			}
+		})
+	}
+	recorded, err := os.ReadFile(state)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(recorded), goodD) {
+		t.Errorf("the good config is not recorded:\n%s", recorded)
+	}
+	for _, d := range layers {
+		if strings.Contains(string(recorded), d) {
+			t.Errorf("the bad layer %s is recorded:\n%s", d, recorded)
+		}
+	}
+}
