@@ -735,9 +735,19 @@ func TestSeedHostileServer(t *testing.T) {
 		{"more than declared", "long", []byte("real byte2 and more"), []byte("real byte2"), 10, "more than the 10 bytes the manifest says"},
 		{"fewer than declared", "short", []byte("real"), []byte("real byte3"), 10, "pullgate served 4 of the 10 bytes"},
 		{"a manifest too large", "huge", nil, nil, 0, "larger than 4194304 bytes"},
+		{"an endless blob", "endless", nil, []byte("real byte4"), 10, "more than the 10 bytes the manifest says"},
 	}
+	var endlessSent atomic.Int64
 	var layers []string
+	var endless string
 	for _, tt := range tests {
+		if tt.tag == "endless" {
+			d, m := manifestFor(tt.layer, tt.declared)
+			manifests[tt.tag] = m
+			endless = d
+			layers = append(layers, d)
+			continue
+		}
 		if tt.layer == nil {
 			manifests[tt.tag] = bytes.Repeat([]byte(" "), maxManifestAnswer+1)
 			continue
@@ -758,6 +768,17 @@ func TestSeedHostileServer(t *testing.T) {
 				return
 			}
 		case "blobs":
+			if ref == endless {
+				chunk := make([]byte, 64<<10)
+				for endlessSent.Load() < 256<<20 {
+					n, err := w.Write(chunk)
+					endlessSent.Add(int64(n))
+					if err != nil {
+						return
+					}
+				}
+				return
+			}
 			if b, ok := blobs[ref]; ok {
 				w.Write(b)
 				return
@@ -780,6 +801,9 @@ func TestSeedHostileServer(t *testing.T) {
 				t.Errorf("exit status %d, want 1 and %q\nstdout:\n%s\nstderr:\n%s", code, tt.errHas, out.String(), errOut.String())
 			}
 		})
+	}
+	if n := endlessSent.Load(); n >= 64<<20 {
+		t.Errorf("seed read %d bytes of an endless blob declared as 10 bytes", n)
 	}
 	recorded, err := os.ReadFile(state)
 	if err != nil {
