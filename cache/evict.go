@@ -520,3 +520,6 @@ func (c *Cache) dropReferences(ctx context.Context, gone map[v1.Hash]struct{}) (
 	}
 	return tags, links, nil
 }
+
+// MaxBytes returns the quota, Options.MaxBytes; 0 when there is none.
+func (c *Cache) MaxBytes() int64 { return c.maxBytes }

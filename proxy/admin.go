@@ -43,11 +43,26 @@ func (h *Handler) authorizeAdmin(r *http.Request, req *request) error {
 }
 
 // serveAdmin answers the admin API: GET /admin/v1/verdicts[?repository=<upstream>/<repository or
-// pattern>][&digest=<digest>] lists stored verdicts judged under the policy in force.
+// pattern>][&digest=<digest>] lists stored verdicts judged under the policy in force; the cache routes are in
+// admincache.go.
 func (h *Handler) serveAdmin(w *recorder, r *http.Request, req *request) error {
-	switch req.name {
-	case "verdicts":
+	if req.name == "verdicts" {
 		return h.serveVerdicts(w, r)
+	}
+	if _, ok := adminMethods[req.name]; ok && h.opts.Resolve == nil {
+		return lifecycleOff()
+	}
+	switch req.name {
+	case "pins":
+		return h.servePins(w, r)
+	case "purge":
+		return h.servePurge(w, r)
+	case "images":
+		return h.serveImages(w, r)
+	case "export":
+		return h.serveExport(w, r)
+	case "import":
+		return h.serveImport(w, r)
 	}
 	return errorf(codeNotFound, "no such admin API route: %s%s", adminPrefix, req.name)
 }

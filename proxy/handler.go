@@ -21,6 +21,7 @@ import (
 	"github.com/pullgate/pullgate/cache"
 	"github.com/pullgate/pullgate/gate"
 	"github.com/pullgate/pullgate/identity"
+	"github.com/pullgate/pullgate/lifecycle"
 	"github.com/pullgate/pullgate/metrics"
 	"github.com/pullgate/pullgate/upstream"
 )
@@ -105,6 +106,9 @@ type Options struct {
 	PrefetchConcurrency int
 	// Admin decides who may use the admin API (/admin/v1/); nil means there is none (404).
 	Admin AdminAuthorizer
+	// Resolve maps image names to upstreams and repositories for the admin API's cache routes (pins, purge,
+	// images, export, import), by the same rules as requests are routed; nil means those routes are off (404).
+	Resolve lifecycle.Resolver
 	// Verdicts lists the gate's verdicts for the admin API; nil means the gate is off.
 	Verdicts VerdictLister
 	// Gate decides whether a manifest may be served (scan verdicts, signatures); nil means every manifest the

@@ -129,10 +129,7 @@ func (h *Handler) routeRequest(r *http.Request, req *request) error {
 	}
 	if name, ok := adminRoute(r.URL.Path); ok {
 		req.kind, req.name = kindAdmin, name
-		if r.Method != http.MethodGet && r.Method != http.MethodHead {
-			return &apiError{code: codeUnsupported, message: fmt.Sprintf("this admin API route answers GET, not %s", r.Method)}
-		}
-		return nil
+		return checkAdminMethod(name, r.Method)
 	}
 	if r.Method != http.MethodGet && r.Method != http.MethodHead {
 		// Checked before parsing, so that push routes (blobs/uploads/...) are answered as such.

@@ -42,7 +42,13 @@ commands:
   images   list the container images in Kubernetes YAML or JSON files, or standard input (pullgate images -h)
   scan     pull images' manifests through a running pullgate and report its verdicts; exit status 1 unless
            every manifest passed (pullgate scan -h)
+  seed     pull images through a running pullgate so that it caches them, with progress; resumable; exit
+           status 1 unless every image was seeded (pullgate seed -h)
   verdicts list the verdicts a running pullgate keeps, through its admin API (pullgate verdicts -h)
+  pin      keep images from eviction; unpin, pins (pullgate pin -h)
+  purge    remove images, repositories, an upstream's content or what was not used for a while; a dry run
+           unless --yes (pullgate purge -h)
+  status   say how much of each image the cache holds (pullgate status -h)
 `
 
 func main() {
@@ -74,6 +80,18 @@ func run(args []string, env map[string]string, stdout, stderr io.Writer) int {
 	}
 	if len(args) > 0 && args[0] == "verdicts" {
 		return runVerdicts(args[1:], env, stdout, stderr)
+	}
+	if len(args) > 0 && (args[0] == "pin" || args[0] == "unpin" || args[0] == "pins") {
+		return runPin(args[0], args[1:], env, stdout, stderr)
+	}
+	if len(args) > 0 && args[0] == "seed" {
+		return runSeed(args[1:], env, os.Stdin, stdout, stderr, seedOptions{})
+	}
+	if len(args) > 0 && args[0] == "purge" {
+		return runPurge(args[1:], env, stdout, stderr)
+	}
+	if len(args) > 0 && args[0] == "status" {
+		return runStatus(args[1:], env, stdout, stderr)
 	}
 	if len(args) != 1 {
 		fmt.Fprint(stderr, usage)

@@ -7,6 +7,7 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
 	"github.com/pullgate/pullgate/cache"
+	"github.com/pullgate/pullgate/lifecycle"
 	"github.com/pullgate/pullgate/names"
 )
 
@@ -114,4 +115,13 @@ func (r nameResolver) pin(s string) (cache.Pin, error) {
 		t.tag = ""
 	}
 	return cache.ParsePin(t.String())
+}
+
+// lifecycle is resolve for the lifecycle package: it keeps the name as written.
+func (r nameResolver) lifecycle(name string, glob bool) (lifecycle.Image, error) {
+	t, err := r.resolve(name, glob)
+	if err != nil {
+		return lifecycle.Image{}, err
+	}
+	return lifecycle.Image{Name: name, Upstream: t.upstream, Repository: t.repo, Tag: t.tag, Digest: t.digest}, nil
 }
