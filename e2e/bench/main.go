@@ -170,6 +170,15 @@ func run() error {
 	}
 	small, big := fix.Single, fix.Big
 	bigLayer := big.Blobs[1]
+	eb := evictBench{bin: bin, dir: dir, logDir: logDir, ca: ca, certFile: certFile, keyFile: keyFile, upURL: up.URL, upHost: up.Addr, rt: rt, warm: small}
+	if *evictOnly {
+		rows, err := evictRows(ctx, eb)
+		if err != nil {
+			return err
+		}
+		printTable(os.Stdout, rows)
+		return nil
+	}
 
 	// The ceiling: the same 50 MB blob from a bare Go TLS file server.
 	blobFile := filepath.Join(up.StorageDir, "docker/registry/v2/blobs/sha256", bigLayer.Hex[:2], bigLayer.Hex, "data")
@@ -319,6 +328,12 @@ func run() error {
 		return fmt.Errorf("peak RSS: %v %v", err1, err2)
 	}
 	rows = append(rows, row{"peak RSS (VmHWM) after the blob runs", mib(rssPG), mib(rssPeer), ratio(float64(rssPG), float64(rssPeer)), "", "flat with blob size", ""})
+
+	evict, err := evictRows(ctx, eb)
+	if err != nil {
+		return err
+	}
+	rows = append(rows, evict...)
 
 	printTable(os.Stdout, rows)
 	return nil
