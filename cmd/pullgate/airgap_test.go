@@ -267,7 +267,9 @@ func TestAirgapRefusesARunningDataDir(t *testing.T) {
 		{"export", func(stderr io.Writer) int {
 			return runExport([]string{"-o", filepath.Join(t.TempDir(), "x.tar"), "foo:1"}, airgapEnv(dir), io.Discard, stderr)
 		}},
-		{"import", func(stderr io.Writer) int { return runImport([]string{bundle}, airgapEnv(dir), nil, io.Discard, stderr) }},
+		{"import", func(stderr io.Writer) int {
+			return runImport([]string{bundle}, airgapEnv(dir), nil, io.Discard, stderr)
+		}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
