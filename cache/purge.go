@@ -38,6 +38,8 @@ type PurgePlan struct {
 	// Pinned counts objects the filter selects that pins hold: they stay.
 	Pinned int
 	scopes [][]byte // key prefixes (upstream and repository) whose tags, links and referrers go
+	// keep holds the pinned objects: their tags and links stay in a purged repository.
+	keep func(v1.Hash) bool
 }
 
 // PlanPurge works out what Purge would remove, removing nothing.
@@ -47,6 +49,7 @@ func (c *Cache) PlanPurge(ctx context.Context, f PurgeFilter) (PurgePlan, error)
 	if err != nil {
 		return plan, err
 	}
+	plan.keep = keep
 	selected := map[v1.Hash]struct{}{}
 	switch {
 	case f.Image != nil:
@@ -100,26 +103,76 @@ func (c *Cache) Purge(ctx context.Context, plan PurgePlan) (RemoveStats, error) 
 		return st, err
 	}
 	for _, k := range plan.tagKeys() {
+		if v, err := c.get(k); err == nil && plan.keep != nil {
+			var e TagEntry
+			if decodeTag(v, &e) == nil && plan.keep(e.Digest) {
+				continue // a pinned image keeps its tag
+			}
+		}
 		if err := c.update(func(txn *badger.Txn) error { return txn.Delete(k) }); err != nil {
 			return st, err
 		}
 		st.Tags++
 	}
 	for _, p := range plan.scopes {
-		for _, kind := range upstreamScoped {
-			prefix := append([]byte{kind}, p...)
-			n, err := c.deletePrefix(prefix)
-			if kind == kindTag {
-				st.Tags += n
-			} else {
-				st.Links += n
-			}
-			if err != nil {
-				return st, err
-			}
+		tags, links, err := c.dropScope(ctx, p, plan.keep)
+		st.Tags += tags
+		st.Links += links
+		if err != nil {
+			return st, err
 		}
 	}
 	return st, nil
+}
+
+// dropScope removes the tags, links, negative entries and referrers answers under one repository's key suffix
+// "0 <upstream> 0 <repository> 0", but for the tags and links of objects keep holds.
+func (c *Cache) dropScope(ctx context.Context, scope []byte, keep func(v1.Hash) bool) (tags, links int, err error) {
+	var ks [][]byte
+	err = c.db.View(func(txn *badger.Txn) error {
+		for _, kind := range upstreamScoped {
+			it := txn.NewIterator(badger.IteratorOptions{Prefix: append([]byte{kind}, scope...), PrefetchValues: kind == kindTag})
+			for it.Rewind(); it.Valid(); it.Next() {
+				if err := ctx.Err(); err != nil {
+					it.Close()
+					return err
+				}
+				k := it.Item().Key()
+				var d v1.Hash
+				switch kind {
+				case kindTag:
+					var e TagEntry
+					if err := it.Item().Value(func(v []byte) error { return decodeTag(v, &e) }); err == nil {
+						d = e.Digest
+					}
+				case kindLink, kindReferrers:
+					d, _ = v1.NewHash(string(k[bytes.LastIndexByte(k, sep)+1:]))
+				}
+				if keep != nil && d != (v1.Hash{}) && keep(d) {
+					continue
+				}
+				ks = append(ks, it.Item().KeyCopy(nil))
+				if kind == kindTag {
+					tags++
+				} else {
+					links++
+				}
+			}
+			it.Close()
+		}
+		return nil
+	})
+	if err != nil {
+		return 0, 0, err
+	}
+	wb := c.db.NewWriteBatch()
+	for _, k := range ks {
+		if err := wb.Delete(k); err != nil {
+			wb.Cancel()
+			return 0, 0, err
+		}
+	}
+	return tags, links, wb.Flush()
 }
 
 // tagKeys are the index keys of plan.Tags.

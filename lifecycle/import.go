@@ -93,7 +93,8 @@ type ImportStats struct {
 
 // ImportedImage is the outcome for one image of the bundle.
 type ImportedImage struct {
-	// Image is what Resolve made of the name (only Name is set when it failed).
+	// Image is what Resolve made of the name, with the manifest's Digest (only Name is set when Resolve
+	// failed).
 	Image
 	// MediaType is the manifest's type; Objects and Bytes count its closure.
 	MediaType string
@@ -275,6 +276,7 @@ func importImage(c *cache.Cache, src source, desc descriptor, name string, opts 
 	if img.Tag == "" && img.Digest == (v1.Hash{}) {
 		return fail(errors.New("the name has neither a tag nor a digest"))
 	}
+	res.Digest = d
 	cl := src.walk(desc)
 	if len(cl.problems) > 0 {
 		return fail(fmt.Errorf("%w: nothing of it was tagged or linked:\n%s", ErrIncomplete, listProblems("", cl.problems)[1:]))

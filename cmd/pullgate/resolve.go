@@ -11,10 +11,11 @@ import (
 	"github.com/pullgate/pullgate/names"
 )
 
-// nameResolver maps image names as users write them to the upstream and repository pullgate keeps them under,
-// by the rules pullgate serves clients with: a first path element that names a configured upstream selects it,
-// else the default upstream; Docker Hub's one-element names get "library/". A first element that looks like a
-// registry host but is not configured is an error, rather than a repository of the default upstream.
+// nameResolver maps image names as users write them to the upstream and repository pullgate keeps them under:
+// the name is read as Docker reads it ("nginx" is docker.io/library/nginx; a first element with a '.' or ':',
+// or "localhost", is a registry), and the registry is the upstream of that name (Docker Hub also by its URL).
+// This is the path a client such as `pullgate seed` or containerd asks pullgate for. A registry pullgate is not
+// configured with is an error.
 type nameResolver struct {
 	specs []upstreamSpec
 	def   string
@@ -58,37 +59,30 @@ func splitReference(s string) (name, tag string, d v1.Hash, err error) {
 }
 
 // resolve maps a reference such as "nginx:1.25", "docker.io/library/nginx@sha256:…" or, with glob set,
-// "ghcr.io/acme/**" (every tag of every repository under acme) to its cachedImage. Without glob, a missing tag is
-// "latest" unless a digest is given, and names are checked against the OCI grammar.
+// "ghcr.io/acme/**" (every tag of every repository under acme) to where pullgate keeps it. Without glob, a
+// missing tag is "latest" unless a digest is given, and names are checked against the OCI grammar.
 func (r nameResolver) resolve(s string, glob bool) (cachedImage, error) {
 	name, tag, d, err := splitReference(strings.TrimSpace(s))
 	if err != nil {
 		return cachedImage{}, err
 	}
-	var spec *upstreamSpec
-	repo := name
-	if first, rest, ok := strings.Cut(name, "/"); ok {
+	registry, repo := names.DefaultRegistry, name
+	if first, rest, ok := strings.Cut(name, "/"); ok && (strings.ContainsAny(first, ".:") || first == "localhost" || r.spec(first) != nil) {
+		registry, repo = strings.ToLower(first), rest
+	}
+	spec := r.spec(registry)
+	if spec == nil && names.IsDockerHub(registry) {
 		for i := range r.specs {
-			if r.specs[i].name == first || (names.IsDockerHub(first) && names.IsDockerHub(r.specs[i].url.Hostname())) {
-				spec, repo = &r.specs[i], rest
+			if names.IsDockerHub(r.specs[i].url.Hostname()) {
+				spec = &r.specs[i]
 				break
 			}
 		}
-		if spec == nil && (strings.ContainsAny(first, ".:") || first == "localhost") {
-			return cachedImage{}, fmt.Errorf("%q: %s is not an upstream pullgate is configured with (PULLGATE_UPSTREAMS)", s, first)
-		}
 	}
 	if spec == nil {
-		for i := range r.specs {
-			if r.specs[i].name == r.def {
-				spec = &r.specs[i]
-			}
-		}
-		if spec == nil {
-			return cachedImage{}, fmt.Errorf("%q names no upstream, and no default upstream is set (PULLGATE_DEFAULT_UPSTREAM)", s)
-		}
+		return cachedImage{}, fmt.Errorf("%q: %s is not an upstream pullgate is configured with (PULLGATE_UPSTREAMS)", s, registry)
 	}
-	if names.IsDockerHub(spec.url.Hostname()) {
+	if names.IsDockerHub(registry) || names.IsDockerHub(spec.url.Hostname()) {
 		repo = names.DockerHubRepository(repo)
 	}
 	t := cachedImage{upstream: spec.name, repo: repo, tag: tag, digest: d}
@@ -102,6 +96,16 @@ func (r nameResolver) resolve(s string, glob bool) (cachedImage, error) {
 		t.tag = names.DefaultTag
 	}
 	return t, nil
+}
+
+// spec returns the upstream of that name, nil if there is none.
+func (r nameResolver) spec(name string) *upstreamSpec {
+	for i := range r.specs {
+		if r.specs[i].name == name {
+			return &r.specs[i]
+		}
+	}
+	return nil
 }
 
 // pin reads a pin as users write it (PULLGATE_PIN, pullgate pin): an image, or a pattern of repositories and
