@@ -111,7 +111,7 @@ func newApp(cfg config, specs []upstreamSpec, log *slog.Logger) (*app, error) {
 		Policy:              policy,
 		TokenHost:           publicHost(cfg.TLSHosts, cfg.Addr),
 		RequireLogin:        !a.open && len(cfg.Anonymous) == 0,
-		Resolve:             nameResolver{specs, cfg.DefaultUpstream}.lifecycle,
+		Resolve:             nameResolver{specs, cfg.DefaultUpstream}.admin,
 		Metrics:             a.metrics,
 		Log:                 log,
 	}
