@@ -439,34 +439,12 @@ func (s *scrubber) hash(ctx context.Context, p string, o Object) (string, error)
 // a file of its own). The file is removed first, so that it is never served again; when the index has no room
 // for the deletion the entry stays, a miss that the next Commit of the digest fills.
 func (c *Cache) dropCorrupt(o Object, problem string) (bool, error) {
-	d := o.Digest
-	l := c.lock(d)
-	l.Lock()
-	defer l.Unlock()
-	cur, err := c.Stat(d)
-	if errors.Is(err, ErrNotFound) {
-		return false, nil
-	}
+	c.log.Warn("cache scrub: removing corrupt object", "digest", o.Digest.String(), "path", c.Path(o.Digest), "problem", problem)
+	st, err := c.remove(context.Background(), []v1.Hash{o.Digest}, ReasonCorrupt, func(cur Object) bool {
+		return cur.Stored.Equal(o.Stored) // not installed again meanwhile
+	})
 	if err != nil {
-		return false, err
+		return st.Objects > 0, fmt.Errorf("cache: scrub: %w", err)
 	}
-	if !cur.Stored.Equal(o.Stored) {
-		return false, nil // installed again meanwhile
-	}
-	p := c.Path(d)
-	c.log.Warn("cache scrub: removing corrupt object", "digest", d.String(), "path", p, "problem", problem)
-	if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return false, fmt.Errorf("cache: scrub: %w", err)
-	}
-	err = c.update(func(txn *badger.Txn) error { return txn.Delete(objectKey(d)) })
-	if errors.Is(err, ErrFull) {
-		c.log.Warn("cache: index entry of a removed corrupt file stays until the disk has room", "digest", d.String())
-		return true, nil
-	}
-	if err != nil {
-		return true, err
-	}
-	c.bytes.Add(-cur.Size)
-	c.objects.Add(-1)
-	return true, nil
+	return st.Objects > 0, nil
 }

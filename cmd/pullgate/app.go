@@ -209,6 +209,18 @@ func (a *app) run(ctx context.Context) error {
 		stopRecording := a.recordLastUse(time.Minute)
 		defer stopRecording()
 	}
+	if cfg.ScrubRate > 0 {
+		sctx, stopScrub := context.WithCancel(ctx)
+		scrubbed := make(chan struct{})
+		go func() {
+			defer close(scrubbed)
+			err := a.cache.RunScrub(sctx, cache.ScrubOptions{Rate: int64(cfg.ScrubRate * 1e6), Interval: cfg.ScrubInterval})
+			if err != nil && sctx.Err() == nil {
+				log.Error("cache scrub stopped", "error", err)
+			}
+		}()
+		defer func() { stopScrub(); <-scrubbed }()
+	}
 
 	select {
 	case <-ctx.Done():
