@@ -61,8 +61,6 @@ type Metrics struct {
 	Evictions *prometheus.CounterVec
 	// EvictedBytes counts the bytes of the objects removed from the cache, by reason.
 	EvictedBytes *prometheus.CounterVec
-	// ScrubbedBytes counts the bytes the background scrub re-hashed.
-	ScrubbedBytes prometheus.Counter
 	// CacheMaxBytes is the cache quota (PULLGATE_MAX_BYTES); 0 when there is none.
 	CacheMaxBytes prometheus.Gauge
 }
@@ -172,10 +170,6 @@ func New(reg prometheus.Registerer, usage Usage) *Metrics {
 			Name: "pullgate_cache_evicted_bytes_total",
 			Help: "Bytes of the objects removed from the cache, by reason (quota, min_free, purge, corrupt).",
 		}, []string{"reason"}),
-		ScrubbedBytes: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "pullgate_cache_scrubbed_bytes_total",
-			Help: "Bytes of stored content the background scrub re-hashed.",
-		}),
 		CacheMaxBytes: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "pullgate_cache_max_bytes",
 			Help: "The cache quota in bytes (PULLGATE_MAX_BYTES); 0 when there is none.",
@@ -185,7 +179,7 @@ func New(reg prometheus.Registerer, usage Usage) *Metrics {
 		m.UpstreamLatency, m.UpstreamRateLimitRemaining, m.FillsInFlight, m.DigestMismatches, m.TagMutations,
 		m.PolicyDenials, m.UpstreamInvalidAnswers, m.ConfigReloads, m.FillsAbandoned, m.FillsBusy, m.Prefetches,
 		m.Logins, m.AuthDenials, m.TokensIssued, m.GateVerdicts, m.Scans, m.ScanDuration,
-		m.Evictions, m.EvictedBytes, m.ScrubbedBytes, m.CacheMaxBytes)
+		m.Evictions, m.EvictedBytes, m.CacheMaxBytes)
 	if usage != nil {
 		reg.MustRegister(
 			prometheus.NewGaugeFunc(prometheus.GaugeOpts{

@@ -9,6 +9,8 @@ import (
 	"io"
 	"io/fs"
 	"log/slog"
+	"net/http"
+	"net/url"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -23,19 +25,21 @@ import (
 const exportUsage = `usage: pullgate export [-f FILE] -o BUNDLE.tar IMAGE...
 
 Writes cached images, every platform, as an OCI image layout archive (skopeo's oci-archive:, crane, oras),
-from the data directory of a STOPPED pullgate (PULLGATE_DATA_DIR). Nothing is fetched: an image that is not
-all cached is an error, and nothing is written. -o - writes to standard output.
+from a running pullgate's admin API with --server (or PULLGATE_SERVER; an admin robot's PULLGATE_USERNAME and
+PULLGATE_PASSWORD), else from the data directory of a stopped pullgate (PULLGATE_DATA_DIR). Nothing is
+fetched: an image that is not all cached is an error, and nothing is written. -o - writes to standard output.
 `
 
 const importUsage = `usage: pullgate import BUNDLE.tar
 
-Loads an OCI image layout archive (pullgate export, skopeo copy ... oci-archive:, ...) into the data directory
-of a STOPPED pullgate (PULLGATE_DATA_DIR), verifying every digest, and tags each image named in its index.json
-under the upstream and repository pullgate serves that name from. - reads standard input.
+Loads an OCI image layout archive (pullgate export, skopeo copy ... oci-archive:, ...) through a running
+pullgate's admin API with --server (or PULLGATE_SERVER; an admin robot's credentials), else into the data
+directory of a stopped pullgate (PULLGATE_DATA_DIR), verifying every digest, and tags each image named in its
+index.json under the upstream and repository pullgate serves that name from. - reads standard input.
 `
 
-// maxImageList bounds the file of export -f.
-const maxImageList = 1 << 20
+// maxExportList bounds the file of export -f.
+const maxExportList = 1 << 20
 
 // runExport is `pullgate export`.
 func runExport(args []string, env map[string]string, stdout, stderr io.Writer) int {
@@ -47,6 +51,7 @@ func runExport(args []string, env map[string]string, stdout, stderr io.Writer) i
 	}
 	out := set.String("o", "", "the archive to write; - for standard output")
 	list := set.String("f", "", "a file of images to export, one per line (# starts a comment)")
+	cf := addClientFlags(set)
 	refs, err := parseInterspersed(set, args)
 	if err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -66,16 +71,22 @@ func runExport(args []string, env map[string]string, stdout, stderr io.Writer) i
 		set.Usage()
 		return 2
 	}
+	if t, err := adminTargetOf(cf, env); err != nil {
+		fmt.Fprintf(stderr, "pullgate export: %v\n", err)
+		return 2
+	} else if t.client != nil {
+		return remoteExport(t.client, refs, *out, stdout, stderr)
+	}
 	cfg, specs, err := loadConfig(env)
 	if err != nil {
 		fmt.Fprintf(stderr, "pullgate export: configuration: %v\n", err)
 		return 2
 	}
-	r := newNameResolver(cfg, specs)
+	r := nameResolver{specs, cfg.DefaultUpstream}
 	var images []lifecycle.Image
 	bad := false
 	for _, ref := range refs {
-		img, err := r.resolve(ref)
+		img, err := r.image(ref)
 		if err != nil {
 			fmt.Fprintf(stderr, "pullgate export: %s: %v\n", ref, err)
 			bad = true
@@ -147,6 +158,7 @@ func runImport(args []string, env map[string]string, stdin io.Reader, stdout, st
 		fmt.Fprint(stderr, importUsage)
 		set.PrintDefaults()
 	}
+	cf := addClientFlags(set)
 	files, err := parseInterspersed(set, args)
 	if err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -157,6 +169,12 @@ func runImport(args []string, env map[string]string, stdin io.Reader, stdout, st
 	if len(files) != 1 {
 		set.Usage()
 		return 2
+	}
+	if t, err := adminTargetOf(cf, env); err != nil {
+		fmt.Fprintf(stderr, "pullgate import: %v\n", err)
+		return 2
+	} else if t.client != nil {
+		return remoteImport(t.client, files[0], stdin, stdout, stderr)
 	}
 	cfg, specs, err := loadConfig(env)
 	if err != nil {
@@ -196,9 +214,9 @@ func runImport(args []string, env map[string]string, stdin io.Reader, stdout, st
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	r := newNameResolver(cfg, specs)
+	r := nameResolver{specs, cfg.DefaultUpstream}
 	stats, err := lifecycle.Import(ctx, bufio.NewReaderSize(in, 1<<20), c, lifecycle.ImportOptions{
-		Resolve:   r.resolve,
+		Resolve:   r.image,
 		Immutable: func(_, _, tag string) bool { return names.MatchAny(immutable, tag) },
 		Logger:    quietLogger(cfg, stderr),
 	})
@@ -255,12 +273,12 @@ func readImageList(name string) ([]string, error) {
 		return nil, err
 	}
 	defer f.Close()
-	b, err := io.ReadAll(io.LimitReader(f, maxImageList+1))
+	b, err := io.ReadAll(io.LimitReader(f, maxExportList+1))
 	if err != nil {
 		return nil, err
 	}
-	if len(b) > maxImageList {
-		return nil, fmt.Errorf("%s: over %d bytes", name, maxImageList)
+	if len(b) > maxExportList {
+		return nil, fmt.Errorf("%s: over %d bytes", name, maxExportList)
 	}
 	var refs []string
 	for _, line := range strings.Split(string(b), "\n") {
@@ -321,98 +339,105 @@ func quietLogger(cfg config, stderr io.Writer) *slog.Logger {
 	return slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: max(cfg.LogLevel, slog.LevelWarn)}))
 }
 
-// nameResolver maps an image name to an upstream and repository with the proxy's rules (proxy.resolve) over the
-// upstreams serve builds (buildUpstreams): a first path element naming an upstream or one of its host names
-// selects it, else the default upstream; Docker Hub's one-component names get "library/".
-type nameResolver struct {
-	upstreams map[string]*resolvedUpstream
-	def       string
-}
-
-type resolvedUpstream struct {
-	name, host string // host is the first element of exported names: the name, docker.io for Docker Hub
-	dockerHub  bool
-}
-
-func newNameResolver(cfg config, specs []upstreamSpec) nameResolver {
-	r := nameResolver{upstreams: map[string]*resolvedUpstream{}, def: cfg.DefaultUpstream}
-	for _, s := range specs {
-		r.upstreams[s.name] = nil
+// remoteExport asks a running pullgate's admin API for the archive of refs and writes it to out (through a
+// temp file and a rename, so that a failed export leaves no file).
+func remoteExport(c *pullgateClient, refs []string, out string, stdout, stderr io.Writer) int {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	resp, err := c.send(ctx, http.MethodGet, "export", url.Values{"image": refs}, nil, "")
+	if err == nil && resp.StatusCode != http.StatusOK {
+		err = decodeAdmin(resp, nil)
+		resp.Body.Close()
 	}
-	for _, s := range specs {
-		u := &resolvedUpstream{name: s.name, host: s.name, dockerHub: names.IsDockerHub(s.url.Hostname())}
-		if u.dockerHub {
-			u.host = names.DefaultRegistry
+	if err != nil {
+		fmt.Fprintf(stderr, "pullgate export: %v\n", err)
+		return 1
+	}
+	defer resp.Body.Close()
+	w, report := io.Writer(stdout), stdout
+	var tmp *os.File
+	if out == "-" {
+		report = stderr
+	} else {
+		if tmp, err = os.CreateTemp(filepath.Dir(out), "."+filepath.Base(out)+".*"); err != nil {
+			fmt.Fprintf(stderr, "pullgate export: %v\n", err)
+			return 1
 		}
-		r.upstreams[s.name] = u
-		aliases := []string{s.url.Host}
-		if u.dockerHub {
-			aliases = append(aliases, names.DockerHubHosts()...)
+		defer os.Remove(tmp.Name()) // fails harmlessly once renamed
+		w = tmp
+	}
+	n, err := io.Copy(w, resp.Body)
+	if err == nil && tmp != nil {
+		err = tmp.Sync()
+		if cerr := tmp.Close(); err == nil {
+			err = cerr
 		}
-		for _, a := range aliases {
-			if _, taken := r.upstreams[a]; !taken {
-				r.upstreams[a] = u
-			}
+		if err == nil {
+			err = os.Rename(tmp.Name(), out)
 		}
 	}
-	return r
+	if err != nil {
+		if tmp != nil {
+			_ = tmp.Close()
+		}
+		fmt.Fprintf(stderr, "pullgate export: the archive was cut after %d bytes: %v\n", n, err)
+		return 1
+	}
+	fmt.Fprintf(report, "pullgate export: %d images, %d bytes written to %s\n", len(refs), n, out)
+	return 0
 }
 
-// resolve maps a reference ("docker.io/library/nginx:1.25", "nginx", "ghcr.io/o/r@sha256:...") to an image.
-// A reference with neither tag nor digest means the tag latest. The Name of the result is canonical: the
-// upstream's name (docker.io for Docker Hub, whatever its name), the repository, the tag and digest, so that a
-// pullgate configured with the same upstream names files it in the same place.
-//
-// It differs from proxy.resolve in one case, on purpose: a first element that reads as a registry (with a '.'
-// or ':', or "localhost") but names no configured upstream is an error here, where the proxy would take the
-// whole name as a repository of the default upstream; an image of quay.io must not be filed under docker.io.
-func (r nameResolver) resolve(ref string) (lifecycle.Image, error) {
-	var img lifecycle.Image
-	name, digest, hasDigest := strings.Cut(ref, "@")
-	if hasDigest {
-		d, err := names.ParseDigest(digest)
+// remoteImport sends an archive to a running pullgate's admin API, which verifies and stores it.
+func remoteImport(c *pullgateClient, file string, stdin io.Reader, stdout, stderr io.Writer) int {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	in := stdin
+	if file != "-" {
+		f, err := os.Open(file)
 		if err != nil {
-			return img, err
+			fmt.Fprintf(stderr, "pullgate import: %v\n", err)
+			return 1
 		}
-		img.Digest = d
+		defer f.Close()
+		in = f
 	}
-	if i := strings.LastIndexByte(name, ':'); i >= 0 && !strings.Contains(name[i+1:], "/") {
-		name, img.Tag = name[:i], name[i+1:]
-		if err := names.ValidateTag(img.Tag); err != nil {
-			return img, err
+	resp, err := c.send(ctx, http.MethodPost, "import", nil, in, "application/x-tar")
+	var ans struct {
+		Images []struct {
+			Image, Digest, Error string
+			Objects              int
+			Bytes                int64
 		}
-	} else if !hasDigest {
-		img.Tag = names.DefaultTag
+		Objects int
+		Bytes   int64
+		Refused []string
+		Error   string
 	}
-	var up *resolvedUpstream
-	repo := name
-	first, rest, ok := strings.Cut(name, "/")
-	switch {
-	case ok && r.upstreams[first] != nil:
-		up, repo = r.upstreams[first], rest
-	case ok && (strings.ContainsAny(first, ".:") || first == "localhost"):
-		return img, fmt.Errorf("%q names no upstream configured in PULLGATE_UPSTREAMS", first)
-	case r.def != "":
-		up = r.upstreams[r.def]
-	default:
-		return img, fmt.Errorf("%q names no configured upstream and PULLGATE_DEFAULT_UPSTREAM is empty", name)
+	if err == nil {
+		err = decodeAdmin(resp, &ans)
+		resp.Body.Close()
 	}
-	if up.dockerHub {
-		repo = names.DockerHubRepository(repo)
+	if err != nil {
+		fmt.Fprintf(stderr, "pullgate import: %v\n", err)
+		return 1
 	}
-	if err := names.ValidateRepository(repo); err != nil {
-		return img, err
+	imported := 0
+	for _, im := range ans.Images {
+		if im.Error != "" {
+			fmt.Fprintf(stdout, "FAILED %s\n", im.Error)
+			continue
+		}
+		imported++
+		fmt.Fprintf(stdout, "imported %s  %s  (%d objects, %d bytes)\n", im.Image, im.Digest, im.Objects, im.Bytes)
 	}
-	if len(repo) > names.MaxRepositoryLength {
-		return img, fmt.Errorf("repository %q at upstream %s is %d characters, the limit is %d", repo, up.name, len(repo), names.MaxRepositoryLength)
+	for _, r := range ans.Refused {
+		fmt.Fprintf(stdout, "REFUSED %s\n", r)
 	}
-	img.Upstream, img.Repository = up.name, repo
-	img.Name = up.host + "/" + repo
-	if img.Tag != "" {
-		img.Name += ":" + img.Tag
+	fmt.Fprintf(stdout, "pullgate import: %d of %d images imported; %d blobs verified and stored (%d bytes), %d refused\n",
+		imported, len(ans.Images), ans.Objects, ans.Bytes, len(ans.Refused))
+	if ans.Error != "" {
+		fmt.Fprintf(stderr, "pullgate import: %s\n", ans.Error)
+		return 1
 	}
-	if hasDigest {
-		img.Name += "@" + img.Digest.String()
-	}
-	return img, nil
+	return 0
 }

@@ -326,16 +326,16 @@ func TestAirgapImportFailures(t *testing.T) {
 	}
 }
 
-// TestNameResolver holds the mapping of names to upstreams and repositories: the proxy's rules (a first element
-// naming an upstream or one of its hosts, else the default upstream; Docker Hub's library/), and the canonical
-// name written into bundles.
+// TestNameResolver holds the mapping of names to upstreams and repositories: Docker's reading of names (short
+// names are Docker Hub's, with library/), a first element naming an upstream or its URL's host, and the
+// canonical name written into bundles.
 func TestNameResolver(t *testing.T) {
 	env := map[string]string{"PULLGATE_UPSTREAMS": "docker.io,ghcr.io,local=https://reg.example:5000", "PULLGATE_DEFAULT_UPSTREAM": "docker.io"}
 	cfg, specs, err := loadConfig(env)
 	if err != nil {
 		t.Fatal(err)
 	}
-	r := newNameResolver(cfg, specs)
+	r := nameResolver{specs, cfg.DefaultUpstream}
 	const dg = "sha256:0123456789012345678901234567890123456789012345678901234567890123"
 	d, _ := v1.NewHash(dg)
 	tests := []struct {
@@ -355,16 +355,16 @@ func TestNameResolver(t *testing.T) {
 		{in: "ghcr.io/r:1", want: lifecycle.Image{Name: "ghcr.io/r:1", Upstream: "ghcr.io", Repository: "r", Tag: "1"}},
 		{in: "local/app:1", want: lifecycle.Image{Name: "local/app:1", Upstream: "local", Repository: "app", Tag: "1"}},
 		{in: "reg.example:5000/app:1", want: lifecycle.Image{Name: "local/app:1", Upstream: "local", Repository: "app", Tag: "1"}},
-		{in: "quay.io/x/y:1", wantErr: `"quay.io" names no upstream configured`},
-		{in: "other:5000/x:1", wantErr: `"other:5000" names no upstream configured`},
-		{in: "localhost/x:1", wantErr: `"localhost" names no upstream configured`},
+		{in: "quay.io/x/y:1", wantErr: "quay.io is not an upstream pullgate is configured with"},
+		{in: "other:5000/x:1", wantErr: "other:5000 is not an upstream pullgate is configured with"},
+		{in: "localhost/x:1", wantErr: "localhost is not an upstream pullgate is configured with"},
 		{in: "Nginx:1", wantErr: "Nginx"},
 		{in: "nginx:-bad", wantErr: "-bad"},
 		{in: "nginx@sha256:abc", wantErr: "sha256:abc"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.in, func(t *testing.T) {
-			got, err := r.resolve(tt.in)
+			got, err := r.image(tt.in)
 			if tt.wantErr != "" {
 				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
 					t.Errorf("resolve(%q) = %+v, %v; want an error saying %q", tt.in, got, err, tt.wantErr)
@@ -377,9 +377,12 @@ func TestNameResolver(t *testing.T) {
 		})
 	}
 	t.Run("no default upstream", func(t *testing.T) {
-		cfg.DefaultUpstream = ""
-		if _, err := newNameResolver(cfg, specs).resolve("nginx:1"); err == nil || !strings.Contains(err.Error(), "PULLGATE_DEFAULT_UPSTREAM is empty") {
-			t.Errorf("resolve without a default: %v", err)
+		// Names are read as Docker reads them: "nginx" is docker.io's, default upstream or not.
+		if img, err := (nameResolver{specs, ""}).image("nginx:1"); err != nil || img.Upstream != "docker.io" {
+			t.Errorf("resolve without a default: %+v, %v", img, err)
+		}
+		if _, err := (nameResolver{specs[1:], ""}).image("nginx:1"); err == nil || !strings.Contains(err.Error(), "docker.io is not an upstream") {
+			t.Errorf("resolve of a Docker Hub name without Docker Hub: %v", err)
 		}
 	})
 }

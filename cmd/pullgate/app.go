@@ -111,7 +111,7 @@ func newApp(cfg config, specs []upstreamSpec, log *slog.Logger) (*app, error) {
 		Policy:              policy,
 		TokenHost:           publicHost(cfg.TLSHosts, cfg.Addr),
 		RequireLogin:        !a.open && len(cfg.Anonymous) == 0,
-		Resolve:             nameResolver{specs, cfg.DefaultUpstream}.lifecycle,
+		Resolve:             nameResolver{specs, cfg.DefaultUpstream}.admin,
 		Metrics:             a.metrics,
 		Log:                 log,
 	}
@@ -208,6 +208,18 @@ func (a *app) run(ctx context.Context) error {
 	if !a.open {
 		stopRecording := a.recordLastUse(time.Minute)
 		defer stopRecording()
+	}
+	if cfg.ScrubRate > 0 {
+		sctx, stopScrub := context.WithCancel(ctx)
+		scrubbed := make(chan struct{})
+		go func() {
+			defer close(scrubbed)
+			err := a.cache.RunScrub(sctx, cache.ScrubOptions{Rate: int64(cfg.ScrubRate * 1e6), Interval: cfg.ScrubInterval})
+			if err != nil && sctx.Err() == nil {
+				log.Error("cache scrub stopped", "error", err)
+			}
+		}()
+		defer func() { stopScrub(); <-scrubbed }()
 	}
 
 	select {

@@ -43,6 +43,8 @@ func TestDependencyDirection(t *testing.T) {
 		{"gate", []string{mod + "proxy", mod + "cache", mod + "upstream", mod + "identity", mod + "metrics", mod + "certs", mod + "cmd/pullgate", "github.com/dgraph-io/badger/v4"}, nil},
 		// watch only reads files.
 		{"watch", []string{mod + "proxy", mod + "cache", mod + "upstream", mod + "identity", mod + "gate", mod + "metrics", mod + "names"}, []string{"net/http"}},
+		// lifecycle moves images between the cache and OCI layouts, and plans pins and purges: no HTTP, no upstreams.
+		{"lifecycle", []string{mod + "proxy", mod + "upstream", mod + "identity", mod + "gate", mod + "metrics", mod + "cmd/pullgate"}, []string{"net/http"}},
 		{"rewrite", []string{mod + "proxy", mod + "cache", mod + "upstream", mod + "identity", mod + "gate", mod + "metrics", mod + "certs", mod + "cmd/pullgate", "github.com/dgraph-io/badger/v4"}, []string{"net/http"}},
 	}
 	for _, tt := range tests {

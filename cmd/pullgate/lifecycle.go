@@ -185,9 +185,9 @@ PULLGATE_PASSWORD of an admin robot); else on the stopped data directory (PULLGA
 					break
 				}
 				if cmd == "pin" {
-					st, err = lifecycle.AddPin(ctx, c, r.lifecycle, img)
+					st, err = lifecycle.AddPin(ctx, c, r.admin, img)
 				} else {
-					st, err = lifecycle.RemovePin(ctx, c, r.lifecycle, img)
+					st, err = lifecycle.RemovePin(ctx, c, r.admin, img)
 				}
 			}
 			if cerr := c.Close(); err == nil {
@@ -285,7 +285,7 @@ through a running pullgate's admin API, else on the stopped data directory.
 		var c *cache.Cache
 		var r nameResolver
 		if c, r, _, err = openDataDir(env); err == nil {
-			res, err = lifecycle.Purge(ctx, c, r.lifecycle, req, time.Now())
+			res, err = lifecycle.Purge(ctx, c, r.admin, req, time.Now())
 			if cerr := c.Close(); err == nil {
 				err = cerr
 			}
@@ -356,7 +356,7 @@ a running pullgate's admin API, else on the stopped data directory.
 		if c, r, _, err = openDataDir(env); err == nil {
 			for _, name := range set.Args() {
 				var img lifecycle.Image
-				if img, err = r.lifecycle(name, false); err != nil {
+				if img, err = r.admin(name, false); err != nil {
 					break
 				}
 				var st lifecycle.ImageStatus

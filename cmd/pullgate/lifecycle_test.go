@@ -37,7 +37,7 @@ func TestLifecycleCommands(t *testing.T) {
 	for code, _, _ := cmd(g.ops, "status", "nginx:1", "redis:7"); code != 0 && time.Now().Before(deadline); code, _, _ = cmd(g.ops, "status", "nginx:1", "redis:7") {
 		time.Sleep(20 * time.Millisecond) // polling with a deadline
 	}
-	must(0, "nginx:1: complete", g.ops, "status", "nginx:1", "redis:7")
+	must(0, "docker.io/library/nginx:1: complete", g.ops, "status", "nginx:1", "redis:7")
 	must(1, "not cached", g.ops, "status", "nginx:2")
 
 	// Only admins: anonymous clients are asked to log in, others refused.
@@ -70,5 +70,49 @@ func TestLifecycleCommands(t *testing.T) {
 		if code, _, _ := cmd(g.ops, args...); code != 2 {
 			t.Errorf("pullgate %s = %d, want 2", strings.Join(args, " "), code)
 		}
+	}
+}
+
+// TestRemoteExportImport exports from one running pullgate's admin API and imports into another's, which then
+// serves the image with its upstream gone.
+func TestRemoteExportImport(t *testing.T) {
+	a := startGated(t, "severity: High\n", nil)
+	img, _ := randomImage(t)
+	a.push(t, "library/app:1", img)
+	run := func(g *gatedPullgate, robot [2]string, args ...string) (int, string) {
+		t.Helper()
+		var out, errOut bytes.Buffer
+		code := run(args, g.env(robot), &out, &errOut)
+		return code, out.String() + errOut.String()
+	}
+	if code, out := run(a, a.ci, "seed", "--state", "", "app:1"); code != 0 {
+		t.Fatalf("seed: %d %s", code, out)
+	}
+	bundle := t.TempDir() + "/bundle.tar"
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		code, out := run(a, a.ops, "export", "app:1", "-o", bundle)
+		if code == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("export: %d %s", code, out)
+		}
+		time.Sleep(20 * time.Millisecond) // the last blob is stored a moment after seed read it
+	}
+	if code, out := run(a, a.ci, "export", "app:1", "-o", bundle+".2"); code != 1 || !strings.Contains(out, "admin: true") {
+		t.Errorf("export by a robot without admin: %d %s", code, out)
+	}
+
+	b := startGated(t, "severity: High\n", nil)
+	b.upstream.Close()
+	if code, out := run(b, b.ops, "import", bundle); code != 0 || !strings.Contains(out, "1 of 1 images imported") {
+		t.Fatalf("import: %d %s", code, out)
+	}
+	if code, out := run(b, b.ops, "status", "app:1"); code != 0 || !strings.Contains(out, "complete") {
+		t.Errorf("status after import: %d %s", code, out)
+	}
+	if code, out := run(b, b.ci, "seed", "--state", "", "app:1"); code != 0 {
+		t.Errorf("pulling the imported image with the upstream gone: %d %s", code, out)
 	}
 }

@@ -46,6 +46,8 @@ commands:
            status 1 unless every image was seeded (pullgate seed -h)
   verdicts list the verdicts a running pullgate keeps, through its admin API (pullgate verdicts -h)
   pin      keep images from eviction; unpin, pins (pullgate pin -h)
+  export   write cached images, every platform, as an OCI image layout archive (pullgate export -h)
+  import   load an OCI image layout archive into the cache, verifying every digest (pullgate import -h)
   purge    remove images, repositories, an upstream's content or what was not used for a while; a dry run
            unless --yes (pullgate purge -h)
   status   say how much of each image the cache holds (pullgate status -h)
@@ -86,6 +88,12 @@ func run(args []string, env map[string]string, stdout, stderr io.Writer) int {
 	}
 	if len(args) > 0 && args[0] == "seed" {
 		return runSeed(args[1:], env, os.Stdin, stdout, stderr, seedOptions{})
+	}
+	if len(args) > 0 && args[0] == "export" {
+		return runExport(args[1:], env, stdout, stderr)
+	}
+	if len(args) > 0 && args[0] == "import" {
+		return runImport(args[1:], env, os.Stdin, stdout, stderr)
 	}
 	if len(args) > 0 && args[0] == "purge" {
 		return runPurge(args[1:], env, stdout, stderr)

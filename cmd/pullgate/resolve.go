@@ -92,16 +92,26 @@ func (r nameResolver) resolve(s string, glob bool) (cachedImage, error) {
 	if err := names.ValidateRepository(repo); err != nil {
 		return cachedImage{}, fmt.Errorf("%q: %w", s, err)
 	}
+	if t.tag != "" {
+		if err := names.ValidateTag(t.tag); err != nil {
+			return cachedImage{}, fmt.Errorf("%q: %w", s, err)
+		}
+	}
 	if t.tag == "" && t.digest == (v1.Hash{}) {
 		t.tag = names.DefaultTag
 	}
 	return t, nil
 }
 
-// spec returns the upstream of that name, nil if there is none.
+// spec returns the upstream of that name, or whose URL has that host, nil if there is none.
 func (r nameResolver) spec(name string) *upstreamSpec {
 	for i := range r.specs {
 		if r.specs[i].name == name {
+			return &r.specs[i]
+		}
+	}
+	for i := range r.specs {
+		if strings.EqualFold(r.specs[i].url.Host, name) {
 			return &r.specs[i]
 		}
 	}
@@ -119,6 +129,31 @@ func (r nameResolver) pin(s string) (cache.Pin, error) {
 		t.tag = ""
 	}
 	return cache.ParsePin(t.String())
+}
+
+// image is resolve for export and import: the image's Name is canonical, the upstream's name (docker.io for
+// Docker Hub, whatever its name) and the repository, tag and digest, so that a pullgate configured with the
+// same upstream names files it in the same place.
+func (r nameResolver) image(ref string) (lifecycle.Image, error) {
+	t, err := r.resolve(ref, false)
+	if err != nil {
+		return lifecycle.Image{}, err
+	}
+	host := t.upstream
+	if s := r.spec(t.upstream); s != nil && names.IsDockerHub(s.url.Hostname()) {
+		host = names.DefaultRegistry
+	}
+	name := cachedImage{upstream: host, repo: t.repo, tag: t.tag, digest: t.digest}.String()
+	return lifecycle.Image{Name: name, Upstream: t.upstream, Repository: t.repo, Tag: t.tag, Digest: t.digest}, nil
+}
+
+// admin is the resolver of the admin API and the lifecycle commands: images by canonical name, patterns as
+// written.
+func (r nameResolver) admin(name string, glob bool) (lifecycle.Image, error) {
+	if glob {
+		return r.lifecycle(name, true)
+	}
+	return r.image(name)
 }
 
 // lifecycle is resolve for the lifecycle package: it keeps the name as written.
