@@ -15,6 +15,7 @@ import (
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/types"
 )
 
 // airgapUpstream is the upstream name both pullgates of TestAirgap give the upstream registry: images are
@@ -75,6 +76,41 @@ func bundleEntries(t *testing.T, file string) map[string]int64 {
 		if hdr.Typeflag == tar.TypeReg {
 			entries[strings.TrimPrefix(hdr.Name, "./")] = hdr.Size
 		}
+	}
+	t.Fatalf("%s has more than 100000 entries", file)
+	return nil
+}
+
+// bundleNames returns the org.opencontainers.image.ref.name of each descriptor of a bundle's index.json.
+func bundleNames(t *testing.T, file string) []string {
+	t.Helper()
+	f, err := os.Open(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	tr := tar.NewReader(f)
+	for range 100_000 {
+		hdr, err := tr.Next()
+		if err != nil {
+			t.Fatalf("%s has no index.json: %v", file, err)
+		}
+		if strings.TrimPrefix(hdr.Name, "./") != "index.json" {
+			continue
+		}
+		var idx struct {
+			Manifests []struct {
+				Annotations map[string]string `json:"annotations"`
+			} `json:"manifests"`
+		}
+		if err := json.NewDecoder(io.LimitReader(tr, 4<<20)).Decode(&idx); err != nil {
+			t.Fatalf("%s: index.json: %v", file, err)
+		}
+		var names []string
+		for _, m := range idx.Manifests {
+			names = append(names, m.Annotations["org.opencontainers.image.ref.name"])
+		}
+		return names
 	}
 	t.Fatalf("%s has more than 100000 entries", file)
 	return nil
@@ -237,8 +273,16 @@ func TestAirgap(t *testing.T) {
 				t.Errorf("the bundle of %s has no %s", imageName(im), f)
 			}
 		}
+		if names := bundleNames(t, bundle); len(names) != 1 || names[0] != imageName(im) {
+			t.Errorf("the bundle of %s names %q", imageName(im), names)
+		}
 		// skopeo reads the bundle as an OCI archive by the name it carries: the top manifest's bytes are the
-		// image's, and for an image skopeo finds its config.
+		// image's, and for an image skopeo finds its config. skopeo (containers/image) looks names up only among
+		// descriptors of OCI media types: a Docker schema 2 image, exported as it is, is found by ctr import
+		// and pullgate import, not by skopeo.
+		if im.MediaType == types.DockerManifestSchema2 {
+			continue
+		}
 		raw := filepath.Join(dir, "raw")
 		src := "oci-archive:" + bundle + ":" + imageName(im)
 		if err := RunToFile(ctx, time.Minute, raw, skopeo, "inspect", "--raw", src); err != nil {
@@ -269,8 +313,11 @@ func TestAirgap(t *testing.T) {
 	secrets = append(secrets, adminB.Secret)
 	dataB := filepath.Join(dir, "data-b")
 	serveEnvB := []string{"PULLGATE_OFFLINE=true", "PULLGATE_ROBOTS_FILE=" + robotsB, "PULLGATE_ANONYMOUS=" + airgapUpstream + "/**"}
+	// A decoy default upstream where nothing listens: B serves docker.io only to requests that name it, as
+	// containerd's ?ns=docker.io does.
+	upstreamsB, defaultB := upstreams+",decoy=https://"+refusedHost, "decoy"
 	optsB := PullgateOptions{Bin: bin, Name: "pullgate-b", DataDir: dataB, LogDir: logDir, CertFile: e.certFile, KeyFile: e.keyFile, CA: e.ca,
-		Upstreams: upstreams, UpstreamCAFile: e.ca.CertFile, Env: serveEnvB}
+		Upstreams: upstreamsB, Default: defaultB, UpstreamCAFile: e.ca.CertFile, Env: serveEnvB}
 	pgB, err := StartPullgate(ctx, optsB)
 	if err != nil {
 		t.Fatalf("pullgate B: %v", err)
@@ -284,7 +331,7 @@ func TestAirgap(t *testing.T) {
 	}
 
 	// Into the stopped data directory, with serve's configuration: the tampered bundle first, then the good one.
-	stoppedEnv := append([]string{"PULLGATE_DATA_DIR=" + dataB, "PULLGATE_UPSTREAMS=" + upstreams, "PULLGATE_DEFAULT_UPSTREAM=",
+	stoppedEnv := append([]string{"PULLGATE_DATA_DIR=" + dataB, "PULLGATE_UPSTREAMS=" + upstreamsB, "PULLGATE_DEFAULT_UPSTREAM=" + defaultB,
 		"PULLGATE_UPSTREAM_CA_FILE=" + e.ca.CertFile, "PULLGATE_SERVER="}, serveEnvB...)
 	tamperedImport := func(env []string, args ...string) {
 		t.Helper()
@@ -323,8 +370,12 @@ func TestAirgap(t *testing.T) {
 	hostsDir := t.TempDir()
 	writeHostsFile(t, hostsDir, airgapUpstream, hostsTOML("https://"+refusedHost, pgB.URL, e.caFile()))
 	for _, im := range []Image{offlineIm, onlineIm} {
-		for _, ref := range []string{imageName(im), airgapUpstream + "/" + im.Repo + "@" + im.Digest.String()} {
-			t.Run(ref, func(t *testing.T) {
+		for _, by := range []string{"tag", "digest"} {
+			ref := imageName(im)
+			if by == "digest" {
+				ref = airgapUpstream + "/" + im.Repo + "@" + im.Digest.String()
+			}
+			t.Run(im.Repo+"/by "+by, func(t *testing.T) {
 				before := blobGETs(pgB, im.Repo)
 				_, err := Run(ctx, time.Minute, nil, ctr, "--address", sock, "--namespace", "airgap", "image", "pull",
 					"--hosts-dir", hostsDir, "--snapshotter", "native", ref)
