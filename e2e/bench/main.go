@@ -65,7 +65,7 @@ type target struct {
 }
 
 func run() error {
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 25*time.Minute) // the eviction rows take several minutes
 	defer cancel()
 	dir, err := os.MkdirTemp("", "pullgate-bench-")
 	if err != nil {
