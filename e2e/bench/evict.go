@@ -37,7 +37,7 @@ var (
 	evictSize    = flag.Int("evict-object-size", 1024, "bytes of each of those objects")
 	evictRounds  = flag.Int("evict-rounds", 3, "rounds of the eviction rows (each copies the cache three times); medians are reported")
 	evictWindow  = flag.Duration("evict-window", 2*time.Second, "length of each warm pull run of the eviction rows")
-	evictConns   = flag.Int("evict-conns", 4, "connections pulling the warm image in the eviction rows")
+	evictConns   = flag.String("evict-conns", "1,4", "connections pulling the warm image in the eviction rows, one run (and row) per number, one after another in each start")
 )
 
 // evictBench is what the eviction rows need from the rest of the benchmark.
@@ -66,11 +66,15 @@ func evictRows(ctx context.Context, b evictBench) ([]row, error) {
 	if err != nil {
 		return nil, err
 	}
+	conns, err := connCounts(*evictConns)
+	if err != nil {
+		return nil, err
+	}
 	var (
 		rates                 []float64
 		evicted               []int
 		startUnder, startOver []time.Duration
-		pullUnder, pullOver   []time.Duration
+		pullUnder, pullOver   = make([][]time.Duration, len(conns)), make([][]time.Duration, len(conns))
 		duringNotes           []string
 	)
 	for r := range *evictRounds {
@@ -84,35 +88,59 @@ func evictRows(ctx context.Context, b evictBench) ([]row, error) {
 		// Alternate the order, so that neither case always runs on a cooler machine.
 		for i := range 2 {
 			over := (r+i)%2 == 1
-			st, pulls, note, err := b.servedRound(ctx, template, r, over, total)
+			st, pulls, note, err := b.servedRound(ctx, template, r, over, total, conns)
 			if err != nil {
 				return nil, err
 			}
 			if over {
-				startOver, pullOver = append(startOver, st), append(pullOver, pulls...)
+				startOver = append(startOver, st)
 				duringNotes = append(duringNotes, note)
 			} else {
-				startUnder, pullUnder = append(startUnder, st), append(pullUnder, pulls...)
+				startUnder = append(startUnder, st)
+			}
+			for j := range conns {
+				if over {
+					pullOver[j] = append(pullOver[j], pulls[j]...)
+				} else {
+					pullUnder[j] = append(pullUnder[j], pulls[j]...)
+				}
 			}
 		}
 	}
 	rate := medianF(rates)
-	pu, po := median(pullUnder), median(pullOver)
 	su, so := median(startUnder), median(startOver)
-	return []row{
+	rows := []row{
 		{fmt.Sprintf("eviction, objects/s (Cache.Evict of half of %d objects of %d B)", *evictObjects, *evictSize), f0(rate), "", "",
 			fmt.Sprintf("median of %d rounds: %s objects/s; %d objects evicted per round; the cache was written at %s objects/s (fsync each)",
 				len(rates), strings.Join(mapF(rates, f0), ", "), medianInt(evicted), f0(fill)),
 			">= 10000", meets(rate >= 10000, "x")},
-		{"warm pull by digest during eviction, median pull", ms(po), "", "",
-			fmt.Sprintf("without eviction %s; during/without %s; %d and %d pulls over %d connections; %s",
-				ms(pu), ratio(float64(po), float64(pu)), len(pullOver), len(pullUnder), *evictConns, strings.Join(duringNotes, "; ")),
-			"<= 1.1x without", meets(float64(po) <= 1.1*float64(pu), "x")},
-		{"startup over the quota (to /readyz)", ms(so), "", "",
-			fmt.Sprintf("under the quota %s; over/under %s; rounds over: %s, under: %s", ms(su), ratio(float64(so), float64(su)),
-				strings.Join(mapD(startOver), ", "), strings.Join(mapD(startUnder), ", ")),
-			"unchanged (<= 1.1x under)", meets(float64(so) <= 1.1*float64(su), "x")},
-	}, nil
+	}
+	for j, n := range conns {
+		pu, po := median(pullUnder[j]), median(pullOver[j])
+		ref := fmt.Sprintf("without eviction %s; during/without %s; %d and %d pulls", ms(pu), ratio(float64(po), float64(pu)), len(pullOver[j]), len(pullUnder[j]))
+		if j == len(conns)-1 {
+			ref += "; " + strings.Join(duringNotes, "; ")
+		}
+		rows = append(rows, row{fmt.Sprintf("warm pull by digest during eviction, median pull (%d conns)", n), ms(po), "", "", ref,
+			"<= 1.1x without", meets(float64(po) <= 1.1*float64(pu), "x")})
+	}
+	return append(rows, row{"startup over the quota (to /readyz)", ms(so), "", "",
+		fmt.Sprintf("under the quota %s; over/under %s; rounds over: %s, under: %s", ms(su), ratio(float64(so), float64(su)),
+			strings.Join(mapD(startOver), ", "), strings.Join(mapD(startUnder), ", ")),
+		"unchanged (<= 1.1x under)", meets(float64(so) <= 1.1*float64(su), "x")}), nil
+}
+
+// connCounts reads -evict-conns: positive numbers separated by commas.
+func connCounts(s string) ([]int, error) {
+	var out []int
+	for _, f := range strings.Split(s, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil || n <= 0 || n > 256 {
+			return nil, fmt.Errorf("-evict-conns: %q is not a number of connections from 1 to 256", f)
+		}
+		out = append(out, n)
+	}
+	return out, nil
 }
 
 // makeTemplate makes the data directory the eviction rows copy: the warm image pulled through pullgate, then
@@ -248,10 +276,11 @@ func evictOnce(ctx context.Context, template, dir string, need int64) (int, time
 }
 
 // servedRound starts pullgate on a copy of template, with a quota of half the content (over) or twice it
-// (under), and returns its startup time and the times of the warm pulls run for -evict-window. Over the quota,
+// (under), and returns its startup time and the times of the warm pulls run for -evict-window from each number of
+// connections in conns, one after another. Over the quota,
 // a cold blob is asked for first, so that the fill asks the eviction task for a round at once; the note says
 // how many objects were evicted during the pulls, and whether eviction was still running at their end.
-func (b evictBench) servedRound(ctx context.Context, template string, r int, over bool, total int64) (time.Duration, []time.Duration, string, error) {
+func (b evictBench) servedRound(ctx context.Context, template string, r int, over bool, total int64, conns []int) (time.Duration, [][]time.Duration, string, error) {
 	name, quota := "under", 2*total
 	if over {
 		name, quota = "over", total/2
@@ -307,7 +336,7 @@ func (b evictBench) servedRound(ctx context.Context, template string, r int, ove
 	// time, so eviction has ended once they are within one batch of it. Only pulls that ended before count.
 	evictEnd := make(chan time.Time, 1)
 	if over {
-		watchCtx, stopWatch := context.WithTimeout(ctx, *evictWindow)
+		watchCtx, stopWatch := context.WithTimeout(ctx, time.Duration(len(conns))**evictWindow)
 		defer stopWatch()
 		go func() {
 			tick := time.NewTicker(10 * time.Millisecond)
@@ -326,18 +355,26 @@ func (b evictBench) servedRound(ctx context.Context, template string, r int, ove
 			}
 		}()
 	}
-	timed, err := warmPulls(ctx, b.ca, pg.URL, b.warm, *evictConns, *evictWindow)
-	if err != nil {
-		return 0, nil, "", err
+	var timed [][]timedPull
+	for _, n := range conns {
+		t, err := warmPulls(ctx, b.ca, pg.URL, b.warm, n, *evictWindow)
+		if err != nil {
+			return 0, nil, "", err
+		}
+		timed = append(timed, t)
 	}
-	var pulls []time.Duration
 	end, ended := time.Time{}, false
 	if over {
 		end, ended = <-evictEnd
 	}
-	for _, p := range timed {
-		if !ended || !p.end.After(end) {
-			pulls = append(pulls, p.took)
+	pulls := make([][]time.Duration, len(conns))
+	counted := 0
+	for j, ts := range timed {
+		for _, p := range ts {
+			if !ended || !p.end.After(end) {
+				pulls[j] = append(pulls[j], p.took)
+				counted++
+			}
 		}
 	}
 	if over {
@@ -347,11 +384,11 @@ func (b evictBench) servedRound(ctx context.Context, template string, r int, ove
 		}
 		switch {
 		case ended:
-			note = fmt.Sprintf("round %d: %.0f evicted in %s, %d pulls during it", r+1, after-before, ms(end.Sub(pullStart)), len(pulls))
+			note = fmt.Sprintf("round %d: %.0f evicted in %s, %d pulls during it", r+1, after-before, ms(end.Sub(pullStart)), counted)
 		default:
 			note = fmt.Sprintf("round %d: %.0f evicted, still running after the pulls", r+1, after-before)
 		}
-		if len(pulls) == 0 {
+		if slices.ContainsFunc(pulls, func(p []time.Duration) bool { return len(p) == 0 }) {
 			return 0, nil, "", fmt.Errorf("eviction: no pull ended during the eviction (%s); make -evict-objects larger", note)
 		}
 	}
