@@ -36,6 +36,7 @@ var (
 	evictObjects = flag.Int("evict-objects", 200_000, "objects in the cache of the eviction rows")
 	evictSize    = flag.Int("evict-object-size", 1024, "bytes of each of those objects")
 	evictRounds  = flag.Int("evict-rounds", 3, "rounds of the eviction rows (each copies the cache three times); medians are reported")
+	evictLinks   = flag.Bool("evict-links", true, "link each object of the eviction rows to one of 100 repositories, as every object of a real cache is")
 	evictWindow  = flag.Duration("evict-window", 2*time.Second, "length of each warm pull run of the eviction rows")
 	evictConns   = flag.String("evict-conns", "1,4", "connections pulling the warm image in the eviction rows, one run (and row) per number, one after another in each start")
 )
@@ -110,7 +111,7 @@ func evictRows(ctx context.Context, b evictBench) ([]row, error) {
 	rate := medianF(rates)
 	su, so := median(startUnder), median(startOver)
 	rows := []row{
-		{fmt.Sprintf("eviction, objects/s (Cache.Evict of half of %d objects of %d B)", *evictObjects, *evictSize), f0(rate), "", "",
+		{fmt.Sprintf("eviction, objects/s (Cache.Evict of half of %d objects of %d B, linked: %v)", *evictObjects, *evictSize, *evictLinks), f0(rate), "", "",
 			fmt.Sprintf("median of %d rounds: %s objects/s; %d objects evicted per round; the cache was written at %s objects/s (fsync each)",
 				len(rates), strings.Join(mapF(rates, f0), ", "), medianInt(evicted), f0(fill)),
 			">= 10000", meets(rate >= 10000, "x")},
@@ -167,7 +168,7 @@ func (b evictBench) makeTemplate(ctx context.Context, dir string) (int64, float6
 		return 0, 0, err
 	}
 	start := time.Now()
-	if err := fillCache(ctx, c, *evictObjects, *evictSize); err != nil {
+	if err := fillCache(ctx, c, *evictObjects, *evictSize, *evictLinks); err != nil {
 		c.Close()
 		return 0, 0, err
 	}
@@ -176,8 +177,9 @@ func (b evictBench) makeTemplate(ctx context.Context, dir string) (int64, float6
 	return bytes, rate, c.Close()
 }
 
-// fillCache writes n objects of size bytes (a counter, then random bytes) to c, two at a time.
-func fillCache(ctx context.Context, c *cache.Cache, n, size int) error {
+// fillCache writes n objects of size bytes (a counter, then random bytes) to c, two at a time, and with link
+// links each to one of 100 repositories of the upstream "local".
+func fillCache(ctx context.Context, c *cache.Cache, n, size int, link bool) error {
 	const workers = 2
 	errs := make(chan error, workers)
 	for w := range workers {
@@ -203,9 +205,16 @@ func fillCache(ctx context.Context, c *cache.Cache, n, size int) error {
 					errs <- err
 					return
 				}
-				if _, err := wr.Commit(); err != nil {
+				obj, err := wr.Commit()
+				if err != nil {
 					errs <- err
 					return
+				}
+				if link {
+					if err := c.Link("local", fmt.Sprintf("bench/filler-%d", i%100), obj.Digest); err != nil {
+						errs <- err
+						return
+					}
 				}
 			}
 			errs <- nil
