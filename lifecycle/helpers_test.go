@@ -16,7 +16,9 @@ import (
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/random"
+	"github.com/google/go-containerregistry/pkg/v1/types"
 
 	"github.com/pullgate/pullgate/cache"
 	"github.com/pullgate/pullgate/names"
@@ -150,7 +152,8 @@ func randomImage(t *testing.T) v1.Image {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return img
+	// OCI-typed, as skopeo 1.9 reads only OCI descriptors from an image layout.
+	return mutate.ConfigMediaType(mutate.MediaType(img, types.OCIManifestSchema1), types.OCIConfigJSON)
 }
 
 func randomIndex(t *testing.T) v1.ImageIndex {
