@@ -63,14 +63,18 @@ func TestPurge(t *testing.T) {
 		gone   func(f *purgeFixture) []v1.Hash
 	}{
 		{
-			name:   "one image keeps what other tags and repositories share",
-			filter: func(f *purgeFixture) PurgeFilter { return PurgeFilter{Image: &Pin{Upstream: "docker.io", Repository: "library/nginx", Tag: "1.25"}} },
-			gone:   func(f *purgeFixture) []v1.Hash { return []v1.Hash{f.m125, f.l125} },
+			name: "one image keeps what other tags and repositories share",
+			filter: func(f *purgeFixture) PurgeFilter {
+				return PurgeFilter{Image: &Pin{Upstream: "docker.io", Repository: "library/nginx", Tag: "1.25"}}
+			},
+			gone: func(f *purgeFixture) []v1.Hash { return []v1.Hash{f.m125, f.l125} },
 		},
 		{
-			name:   "a repository keeps what another repository links",
-			filter: func(f *purgeFixture) PurgeFilter { return PurgeFilter{Upstream: "docker.io", Repository: "library/nginx"} },
-			gone:   func(f *purgeFixture) []v1.Hash { return []v1.Hash{f.m125, f.l125, f.m126, f.l126} },
+			name: "a repository keeps what another repository links",
+			filter: func(f *purgeFixture) PurgeFilter {
+				return PurgeFilter{Upstream: "docker.io", Repository: "library/nginx"}
+			},
+			gone: func(f *purgeFixture) []v1.Hash { return []v1.Hash{f.m125, f.l125, f.m126, f.l126} },
 		},
 		{
 			name:   "an upstream",

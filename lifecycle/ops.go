@@ -141,7 +141,7 @@ type PurgeResult struct {
 	Bytes   int64    `json:"bytes"`
 	Tags    []string `json:"tags,omitempty"` // tags removed besides those of removed manifests
 	Pinned  int      `json:"pinned"`         // objects selected that pins keep
-	// Sample lists up to maxSample of the objects, oldest use first is not promised.
+	// Sample lists up to maxSample of the objects, in digest order.
 	Sample []string `json:"sample,omitempty"`
 }
 

@@ -28,9 +28,6 @@ type adminTarget struct {
 	env    map[string]string
 }
 
-// lifecycleFlags adds the client flags; target reads them.
-func lifecycleFlags(set *flag.FlagSet) *clientFlags { return addClientFlags(set) }
-
 func adminTargetOf(f *clientFlags, env map[string]string) (adminTarget, error) {
 	if *f.server == "" && env["PULLGATE_SERVER"] == "" {
 		return adminTarget{env: env}, nil
@@ -145,7 +142,7 @@ PULLGATE_PASSWORD of an admin robot); else on the stopped data directory (PULLGA
 `)
 		set.PrintDefaults()
 	}
-	cf := lifecycleFlags(set)
+	cf := addClientFlags(set)
 	asJSON := set.Bool("json", false, "print the answer as JSON")
 	if err := set.Parse(args); err != nil {
 		return 2
@@ -244,7 +241,7 @@ through a running pullgate's admin API, else on the stopped data directory.
 `)
 		set.PrintDefaults()
 	}
-	cf := lifecycleFlags(set)
+	cf := addClientFlags(set)
 	var req lifecycle.PurgeRequest
 	set.StringVar(&req.Repository, "repository", "", "a repository or pattern, `<upstream>/<repository>`")
 	set.StringVar(&req.Upstream, "upstream", "", "an upstream name")
@@ -330,7 +327,7 @@ a running pullgate's admin API, else on the stopped data directory.
 `)
 		set.PrintDefaults()
 	}
-	cf := lifecycleFlags(set)
+	cf := addClientFlags(set)
 	asJSON := set.Bool("json", false, "print the answer as JSON")
 	if err := set.Parse(args); err != nil {
 		return 2
