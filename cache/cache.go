@@ -78,6 +78,9 @@ type Options struct {
 	// (ReasonQuota, ReasonMinFree, ReasonPurge, ReasonCorrupt), how many and their bytes; nil means nothing is
 	// called.
 	OnRemove func(reason string, objects int, bytes int64)
+
+	// removeBatch overrides removeBatch, for tests; zero is removeBatch.
+	removeBatch int
 }
 
 // Object describes one stored piece of content.

@@ -35,6 +35,12 @@ const (
 	evictBatch = 50_000
 	// removeBatch is how many objects one index transaction removes.
 	removeBatch = 1000
+	// evictIdle is how many times as long as its last batch a background round rests before the next batch
+	// while no writer waits for room: such a round takes at most a fifth of one CPU's time from serving. A
+	// round that a writer waits for does not rest until that writer's bytes fit.
+	evictIdle = 4
+	// evictMaxRest bounds one rest.
+	evictMaxRest = time.Second
 )
 
 // Reasons given to Options.OnRemove.
@@ -61,7 +67,8 @@ func (s *RemoveStats) add(o RemoveStats) {
 }
 
 // quotaRoom reserves n bytes of the quota for a writer. When they do not fit, it wakes the eviction task and
-// waits for its round; ErrQuota (wrapped) when there is still no room.
+// tries again after each batch the task removes, until the round it asked for ends (or QuotaWait passes);
+// ErrQuota (wrapped) when there is still no room.
 func (c *Cache) quotaRoom(n int64) error {
 	if c.maxBytes <= 0 || n <= 0 {
 		return nil
@@ -70,15 +77,27 @@ func (c *Cache) quotaRoom(n int64) error {
 		return nil
 	}
 	c.asking.Add(n)
-	done := c.evictRound()
+	defer c.asking.Add(-n)
 	select {
-	case <-done:
-	case <-time.After(c.quotaWait):
-	case <-c.stop:
+	case c.askWake <- struct{}{}:
+	default:
 	}
-	c.asking.Add(-n)
-	if c.reserve(n) {
-		return nil
+	round := c.evictRound()
+	timeout := time.NewTimer(c.quotaWait)
+	defer timeout.Stop()
+	for ended := false; !ended; {
+		select {
+		case <-round:
+			ended = true
+		case <-c.removed():
+		case <-timeout.C:
+			ended = true
+		case <-c.stop:
+			ended = true
+		}
+		if c.reserve(n) {
+			return nil
+		}
 	}
 	stored, inflight := c.bytes.Load(), c.inflight.Load()
 	msg := fmt.Sprintf("%d bytes more do not fit: %d bytes stored and %d being written, the quota is %d bytes", n, stored, inflight, c.maxBytes)
@@ -86,6 +105,21 @@ func (c *Cache) quotaRoom(n int64) error {
 		msg += fmt.Sprintf(" (%d bytes of it pinned)", p)
 	}
 	return fmt.Errorf("%w: %s", ErrQuota, msg)
+}
+
+// removed returns a channel closed when the next removal batch has ended.
+func (c *Cache) removed() <-chan struct{} {
+	c.evictMu.Lock()
+	defer c.evictMu.Unlock()
+	return c.batchDone
+}
+
+// batchEnded wakes the writers waiting for a removal batch.
+func (c *Cache) batchEnded() {
+	c.evictMu.Lock()
+	close(c.batchDone)
+	c.batchDone = make(chan struct{})
+	c.evictMu.Unlock()
 }
 
 // reserve counts n bytes in flight if they fit under the quota.
@@ -164,7 +198,7 @@ func (c *Cache) evictOnce(ctx context.Context) {
 		c.log.Error("cache: pinned images take more than the quota allows; nothing pinned is evicted, and new content is refused once the quota is reached",
 			"pinned_bytes", pinned, "max_bytes", c.maxBytes)
 	}
-	st, err := c.Evict(ctx, need, keep, reason)
+	st, err := c.evict(ctx, need, keep, reason, true)
 	if err != nil && ctx.Err() == nil {
 		c.log.Error("cache: eviction stopped", "err", err)
 	}
@@ -229,8 +263,14 @@ func (h *newest) Pop() any {
 // Evict removes least recently used objects that keep does not hold (nil keeps nothing) until need bytes are
 // freed or nothing more can go, with their tags, repository links, referrers answers, verdicts and access
 // times. An object used, or stored again, after it was chosen stays. It holds at most evictBatch candidates in
-// memory, scanning the index again as long as more must go.
+// memory, scanning the index again as long as more must go. It runs at full speed; the background rounds rest
+// between batches while no writer waits (see evictIdle).
 func (c *Cache) Evict(ctx context.Context, need int64, keep func(v1.Hash) bool, reason string) (RemoveStats, error) {
+	return c.evict(ctx, need, keep, reason, false)
+}
+
+// evict is Evict; paced rounds rest between batches while no writer waits for room.
+func (c *Cache) evict(ctx context.Context, need int64, keep func(v1.Hash) bool, reason string, paced bool) (RemoveStats, error) {
 	var total RemoveStats
 	c.flushAccess() // order by the latest noted times
 	for total.Bytes < need {
@@ -239,8 +279,12 @@ func (c *Cache) Evict(ctx context.Context, need int64, keep func(v1.Hash) bool, 
 			return total, err
 		}
 		slices.SortFunc(cands, func(a, b candidate) int { return a.at.Compare(b.at) })
-		for len(cands) > 0 && total.Bytes < need {
-			n := min(len(cands), removeBatch)
+		// The references of a whole pass go in one scan of the index after its last batch: scanning after
+		// each batch would cost a scan of every tag and link per thousand objects. Until then a tag may name
+		// a removed manifest, which is served as a miss, as after a crash.
+		gone := make(map[v1.Hash]struct{}, len(cands))
+		for len(cands) > 0 && total.Bytes < need && err == nil {
+			n := min(len(cands), c.removeBatch)
 			batch := cands[:n]
 			cands = cands[n:]
 			ds := make([]v1.Hash, len(batch))
@@ -248,17 +292,42 @@ func (c *Cache) Evict(ctx context.Context, need int64, keep func(v1.Hash) bool, 
 			for i, cd := range batch {
 				ds[i], chosen[cd.d] = cd.d, cd
 			}
-			st, err := c.remove(ctx, ds, reason, func(o Object) bool {
+			began := time.Now()
+			var st RemoveStats
+			st, err = c.removeObjects(ctx, ds, reason, gone, func(o Object) bool {
 				cd := chosen[o.Digest]
 				return o.Stored.Equal(cd.stored) && !c.usedSince(o.Digest, cd.at)
 			})
 			total.add(st)
-			if err != nil {
-				return total, err
+			if paced && err == nil && len(cands) > 0 && total.Bytes < need {
+				err = c.rest(ctx, time.Since(began))
 			}
+		}
+		// The objects are gone: their references go too, even when ctx ended meanwhile.
+		tags, links, rerr := c.dropReferences(context.WithoutCancel(ctx), gone)
+		total.Tags += tags
+		total.Links += links
+		if err = errors.Join(err, rerr); err != nil {
+			return total, err
 		}
 	}
 	return total, nil
+}
+
+// rest waits evictIdle times took (at most evictMaxRest), and not while a writer waits for room.
+func (c *Cache) rest(ctx context.Context, took time.Duration) error {
+	if c.asking.Load() > 0 {
+		return nil
+	}
+	t := time.NewTimer(min(evictIdle*took, evictMaxRest))
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-c.askWake: // a writer asks: go on at once (a stale signal only shortens one rest)
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	return nil
 }
 
 // usedSince reports whether Touch noted a use of d after t.
@@ -336,24 +405,44 @@ func (c *Cache) Walk(ctx context.Context, fn func(o Object, accessed time.Time) 
 // the next request for it is a miss.
 func (c *Cache) Remove(ctx context.Context, ds []v1.Hash, reason string) (RemoveStats, error) {
 	var total RemoveStats
-	for len(ds) > 0 {
-		n := min(len(ds), removeBatch)
-		st, err := c.remove(ctx, ds[:n], reason, nil)
+	gone := make(map[v1.Hash]struct{}, len(ds))
+	var err error
+	for len(ds) > 0 && err == nil {
+		n := min(len(ds), c.removeBatch)
+		var st RemoveStats
+		st, err = c.removeObjects(ctx, ds[:n], reason, gone, nil)
 		total.add(st)
-		if err != nil {
-			return total, err
-		}
 		ds = ds[n:]
 	}
-	return total, nil
+	if len(gone) > 0 {
+		tags, links, rerr := c.dropReferences(context.WithoutCancel(ctx), gone)
+		total.Tags += tags
+		total.Links += links
+		err = errors.Join(err, rerr)
+	}
+	return total, err
 }
 
 // remove removes at most removeBatch objects of ds for which still (nil: always) holds, then what refers to
-// them. It takes the digests' locks in order, so that no install runs in between: the index entries go first,
-// in one transaction, then the files (a crash in between leaves files without entries, which the next Open
-// removes).
+// them.
 func (c *Cache) remove(ctx context.Context, ds []v1.Hash, reason string, still func(Object) bool) (RemoveStats, error) {
+	gone := make(map[v1.Hash]struct{}, len(ds))
+	st, err := c.removeObjects(ctx, ds, reason, gone, still)
+	if err != nil || len(gone) == 0 {
+		return st, err
+	}
+	st.Tags, st.Links, err = c.dropReferences(context.WithoutCancel(ctx), gone)
+	return st, err
+}
+
+// removeObjects removes at most c.removeBatch objects of ds for which still (nil: always) holds, with their
+// verdicts and access times, and adds their digests to gone; what refers to them (dropReferences) is the
+// caller's. It takes the digests' locks in order, so that no install runs in between: the index entries go
+// first, in one transaction, then the files (a crash in between leaves files without entries, which the next
+// Open removes). Writers waiting for room try again when it returns.
+func (c *Cache) removeObjects(ctx context.Context, ds []v1.Hash, reason string, gone map[v1.Hash]struct{}, still func(Object) bool) (RemoveStats, error) {
 	var st RemoveStats
+	defer c.batchEnded()
 	if err := ctx.Err(); err != nil {
 		return st, err
 	}
@@ -374,13 +463,13 @@ func (c *Cache) remove(ctx context.Context, ds []v1.Hash, reason string, still f
 			c.locks[s].Unlock()
 		}
 	}
-	var gone []Object
+	var removed []Object
 	if err := c.indexRoom(); err != nil {
 		// Removing is how room is made: write the deletions anyway (the ballast is there for this).
 		c.log.Warn("cache: removing objects on a full disk", "err", err)
 	}
 	err := c.db.Update(func(txn *badger.Txn) error {
-		gone = gone[:0]
+		removed = removed[:0]
 		for _, d := range ds {
 			item, err := txn.Get(objectKey(d))
 			if errors.Is(err, badger.ErrKeyNotFound) {
@@ -401,7 +490,7 @@ func (c *Cache) remove(ctx context.Context, ds []v1.Hash, reason string, still f
 					return err
 				}
 			}
-			gone = append(gone, o)
+			removed = append(removed, o)
 		}
 		return nil
 	})
@@ -409,8 +498,7 @@ func (c *Cache) remove(ctx context.Context, ds []v1.Hash, reason string, still f
 		unlock()
 		return st, fmt.Errorf("cache: remove: write index: %w", err)
 	}
-	set := make(map[v1.Hash]struct{}, len(gone))
-	for _, o := range gone {
+	for _, o := range removed {
 		if err := os.Remove(c.Path(o.Digest)); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			c.log.Error("cache: remove content file; the next start removes it", "path", c.Path(o.Digest), "err", err)
 		}
@@ -418,24 +506,19 @@ func (c *Cache) remove(ctx context.Context, ds []v1.Hash, reason string, still f
 		c.objects.Add(-1)
 		st.Objects++
 		st.Bytes += o.Size
-		set[o.Digest] = struct{}{}
+		gone[o.Digest] = struct{}{}
 	}
 	unlock()
 	c.mu.Lock()
-	for d := range set {
-		delete(c.touched, d)
-		delete(c.pending, d)
+	for _, o := range removed {
+		delete(c.touched, o.Digest)
+		delete(c.pending, o.Digest)
 	}
 	c.mu.Unlock()
-	if len(set) == 0 {
-		return st, nil
-	}
-	tags, links, err := c.dropReferences(ctx, set)
-	st.Tags, st.Links = tags, links
-	if c.onRemove != nil {
+	if c.onRemove != nil && st.Objects > 0 {
 		c.onRemove(reason, st.Objects, st.Bytes)
 	}
-	return st, err
+	return st, nil
 }
 
 // dropReferences removes the tags that point at the digests of gone, the repository links and referrers
@@ -483,7 +566,7 @@ func (c *Cache) dropReferences(ctx context.Context, gone map[v1.Hash]struct{}) (
 	if err != nil {
 		return 0, 0, fmt.Errorf("cache: remove references: %w", err)
 	}
-	for chunk := range slices.Chunk(tagKeys, removeBatch) {
+	for chunk := range slices.Chunk(tagKeys, c.removeBatch) {
 		err := c.db.Update(func(txn *badger.Txn) error {
 			for _, t := range chunk {
 				item, err := txn.Get(t.k)

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -93,9 +94,19 @@ func stored(c *Cache, d v1.Hash) bool {
 	return err == nil
 }
 
+// TestEvictLeastRecentlyUsed runs with one batch for the whole eviction and with a batch per object: the
+// references of every batch of a pass go, not only those of the last.
 func TestEvictLeastRecentlyUsed(t *testing.T) {
+	for _, batch := range []int{0, 1} {
+		t.Run(fmt.Sprintf("batch %d", batch), func(t *testing.T) {
+			testEvictLeastRecentlyUsed(t, batch)
+		})
+	}
+}
+
+func testEvictLeastRecentlyUsed(t *testing.T, batch int) {
 	clk := newClock()
-	c, rm := openQuota(t, clk, Options{})
+	c, rm := openQuota(t, clk, Options{removeBatch: batch})
 	var ds []v1.Hash
 	for i := range 6 {
 		ds = append(ds, put(t, c, []byte(fmt.Sprintf("object %d %s", i, strings.Repeat("o", 100)))).Digest)
@@ -395,5 +406,56 @@ func TestWalkSeesNotedAccessTimes(t *testing.T) {
 	}
 	if len(got) != 2 {
 		t.Errorf("Walk saw %d objects, want 2", len(got))
+	}
+}
+
+// TestQuotaWaiterReleasedByBatch checks that a fill waiting for room goes on after the removal batch that made
+// it, not after the whole round: the round's second batch does not end until the fill has its room.
+func TestQuotaWaiterReleasedByBatch(t *testing.T) {
+	clk := newClock()
+	const size, n = 1000, 50
+	released := make(chan struct{})
+	var calls atomic.Int32
+	opts := Options{MaxBytes: size * n, QuotaWait: time.Minute, removeBatch: 5}
+	opts.OnRemove = func(reason string, objects int, _ int64) {
+		if calls.Add(1) != 2 {
+			return
+		}
+		select {
+		case <-released:
+		case <-time.After(20 * time.Second):
+			t.Error("the waiting fill was not released by the first batch: the round's second batch ended without it")
+		}
+	}
+	opts.Dir = t.TempDir()
+	opts.Now = clk.Now
+	opts.Reserve = testReserve
+	opts.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	c, err := Open(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.Close() })
+	for range n {
+		put(t, c, randomBytes(t, size))
+		clk.Advance(time.Minute)
+	}
+	b := randomBytes(t, size)
+	w, err := c.NewWriter(sha256Of(b), "", size) // over the quota: waits for room
+	close(released)
+	if err != nil {
+		t.Fatalf("NewWriter: %v", err)
+	}
+	w.Abort(nil)
+	// The round goes on to evictTarget percent of the quota.
+	deadline := time.Now().Add(20 * time.Second)
+	for used, _ := c.Usage(); used > size*n*evictTarget/100; used, _ = c.Usage() {
+		if time.Now().After(deadline) {
+			t.Fatalf("the round did not free down to %d%% of the quota: %d bytes stored", evictTarget, used)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if calls.Load() < 2 {
+		t.Errorf("%d removal batches, want the round to go on after the fill's", calls.Load())
 	}
 }

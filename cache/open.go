@@ -78,6 +78,9 @@ type Cache struct {
 	evictWake      chan struct{}
 	evictMu        sync.Mutex
 	roundDone      chan struct{} // closed when the next eviction round ends
+	batchDone      chan struct{} // closed when the next removal batch ends
+	askWake        chan struct{} // a writer waits for room: a resting round goes on
+	removeBatch    int           // objects one removal batch takes (removeBatch but in tests)
 }
 
 // Open opens (creating if needed) the cache in opts.Dir. It removes temp files. After a clean stop (Close) it
@@ -106,10 +109,13 @@ func Open(opts Options) (*Cache, error) {
 		stop:           make(chan struct{}),
 		evictWake:      make(chan struct{}, 1),
 		roundDone:      make(chan struct{}),
+		batchDone:      make(chan struct{}),
+		askWake:        make(chan struct{}, 1),
 		maxBytes:       opts.MaxBytes,
 		minFree:        opts.MinFree,
 		quotaWait:      opts.QuotaWait,
 		onRemove:       opts.OnRemove,
+		removeBatch:    opts.removeBatch,
 		minFreePercent: opts.MinFreePercent,
 		faultLimit:     maxFaults,
 		repaired:       make(chan struct{}),
@@ -201,6 +207,9 @@ func (o Options) withDefaults() Options {
 	}
 	if o.QuotaWait == 0 {
 		o.QuotaWait = 15 * time.Second
+	}
+	if o.removeBatch <= 0 {
+		o.removeBatch = removeBatch
 	}
 	return o
 }
