@@ -140,28 +140,29 @@ func Open(opts Options) (*Cache, error) {
 	if err := c.makePrivateDirs(index); err != nil {
 		return nil, err
 	}
-	if err := c.removeTemp(); err != nil {
-		return nil, err
-	}
-	clean, err := c.consumeCleanMark()
+	fresh, err := c.isNew(index)
 	if err != nil {
 		return nil, err
 	}
-	if clean == nil {
-		// A new cache has nothing to repair.
-		fresh, err := c.isNew(index)
-		if err != nil {
-			return nil, err
-		}
-		if fresh {
-			clean = &cleanMark{}
-		}
-	}
+	// The index's directory lock is what keeps a second process off a data directory in use: nothing in it is
+	// touched before the lock is held.
 	db, err := badger.Open(badgerOptions(index, c.log))
 	if err != nil {
 		return nil, fmt.Errorf("cache: open index %s: %w", index, err)
 	}
 	c.db = db
+	if err := c.removeTemp(); err != nil {
+		_ = db.Close()
+		return nil, err
+	}
+	clean, err := c.consumeCleanMark()
+	if err != nil {
+		_ = db.Close()
+		return nil, err
+	}
+	if clean == nil && fresh {
+		clean = &cleanMark{} // a new cache has nothing to repair
+	}
 	if clean != nil {
 		c.bytes.Store(clean.Bytes)
 		c.objects.Store(clean.Objects)

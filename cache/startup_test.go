@@ -5,11 +5,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -337,5 +339,37 @@ func TestNewCacheNeedsNoRepair(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestSecondOpenTouchesNothing checks that opening a data directory another Cache holds fails before anything
+// in it changes: a running fill keeps its temp file, and the running cache's index keeps working.
+func TestSecondOpenTouchesNothing(t *testing.T) {
+	dir := t.TempDir()
+	c := open(t, dir, newClock().Now)
+	b := randomBytes(t, 4096)
+	w, err := c.NewWriter(sha256Of(b), "application/octet-stream", int64(len(b)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.Write(b[:1000]); err != nil {
+		t.Fatal(err)
+	}
+	before := tempFiles(t, c)
+	if len(before) == 0 {
+		t.Fatal("the writer has no temp file")
+	}
+	if second, err := Open(Options{Dir: dir, Reserve: testReserve, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}); err == nil {
+		_ = second.Close()
+		t.Fatal("a second Open of a data directory in use succeeded")
+	}
+	if after := tempFiles(t, c); !slices.Equal(before, after) {
+		t.Fatalf("the second Open changed tmp/: %v, then %v", before, after)
+	}
+	if _, err := w.Write(b[1000:]); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.Commit(); err != nil {
+		t.Fatalf("Commit after the second Open: %v", err)
 	}
 }
