@@ -85,6 +85,22 @@ func cacheImage(t *testing.T, c *cache.Cache, up, repo, tag string) v1.Image {
 // startServeEnv runs serve in-process with env and returns its API address and a client trusting its local CA.
 func startServeEnv(t *testing.T, env map[string]string) (string, *http.Client) {
 	t.Helper()
+	addr := serveInProcess(t, env)
+	ca, err := os.ReadFile(filepath.Join(env["PULLGATE_DATA_DIR"], "tls", "ca.crt"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(ca)
+	client := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
+	t.Cleanup(client.CloseIdleConnections)
+	return "https://localhost" + addr[strings.LastIndex(addr, ":"):], client
+}
+
+// serveInProcess runs `pullgate serve` in-process with env until the test ends, and returns the API listener's
+// address once it serves.
+func serveInProcess(t *testing.T, env map[string]string) string {
+	t.Helper()
 	cfg, specs, err := loadConfig(env)
 	if err != nil {
 		t.Fatal(err)
@@ -110,18 +126,9 @@ func startServeEnv(t *testing.T, env map[string]string) (string, *http.Client) {
 		if time.Now().After(deadline) {
 			t.Fatal("pullgate did not start")
 		}
-		time.Sleep(10 * time.Millisecond)
+		time.Sleep(10 * time.Millisecond) // polling pullgate's log for its start, with a deadline
 	}
-	ca, err := os.ReadFile(filepath.Join(cfg.DataDir, "tls", "ca.crt"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	pool := x509.NewCertPool()
-	pool.AppendCertsFromPEM(ca)
-	client := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
-	t.Cleanup(client.CloseIdleConnections)
-	addr := logs.find("pullgate serving")["addr"].(string)
-	return "https://localhost" + addr[strings.LastIndex(addr, ":"):], client
+	return logs.find("pullgate serving")["addr"].(string)
 }
 
 // TestAirgapExportImport holds the airgap path end to end: export from one stopped data directory (by argument,

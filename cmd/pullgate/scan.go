@@ -69,7 +69,10 @@ message (empty ones left out).
 Exit status: 0 when every manifest passed; 1 when any was blocked, pending or in error; 2 for a usage mistake,
 an IMAGE that is not a reference included (nothing is asked then).
 
-Where pullgate is, and who asks (flags win over the environment):
+` + clientHelp
+
+// clientHelp ends the usage of the commands that ask a running pullgate (addClientFlags).
+const clientHelp = `Where pullgate is, and who asks (flags win over the environment):
   --server, PULLGATE_SERVER     pullgate's URL, https://host[:port]; default https://localhost:5443
   --ca-file, PULLGATE_CA_FILE   the CA of pullgate's certificate (PEM); default: the CA pullgate makes in its
                                 data directory, $PULLGATE_DATA_DIR/tls/ca.crt (./pullgate-data/tls/ca.crt), when
@@ -141,6 +144,24 @@ const (
 	scanError   = "error"
 )
 
+// images reads refs as the images to ask pullgate for, each once, in order; bad lists, one line each, why
+// those that are not image references are not.
+func (c *pullgateClient) images(refs []string) (images []scanImage, bad []string) {
+	seen := map[string]bool{}
+	for _, r := range refs {
+		img, err := c.image(r)
+		if err != nil {
+			bad = append(bad, oneLine(err.Error()))
+			continue
+		}
+		if !seen[img.name] {
+			seen[img.name] = true
+			images = append(images, img)
+		}
+	}
+	return images, bad
+}
+
 // runScan is `pullgate scan [flags] [IMAGE...]`.
 func runScan(args []string, env map[string]string, stdin io.Reader, stdout, stderr io.Writer, opts scanOptions) int {
 	opts = opts.withDefaults()
@@ -179,20 +200,7 @@ func runScan(args []string, env map[string]string, stdin io.Reader, stdout, stde
 	if err != nil {
 		return usageErr("%v", err)
 	}
-	var images []scanImage
-	seen := map[string]bool{}
-	var bad []string
-	for _, r := range refs {
-		img, err := client.image(r)
-		if err != nil {
-			bad = append(bad, err.Error())
-			continue
-		}
-		if !seen[img.name] {
-			seen[img.name] = true
-			images = append(images, img)
-		}
-	}
+	images, bad := client.images(refs)
 	if len(bad) > 0 {
 		return usageErr("nothing was asked, as these are not image references:\n  %s", strings.Join(bad, "\n  "))
 	}

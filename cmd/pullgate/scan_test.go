@@ -8,7 +8,6 @@ import (
 	"encoding/pem"
 	"io"
 	"log"
-	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -48,6 +47,13 @@ type gatedPullgate struct {
 
 func startGated(t *testing.T, policy string, findings func(repository, digest string) []gate.Finding) *gatedPullgate {
 	t.Helper()
+	return startGatedWith(t, policy, findings, nil)
+}
+
+// startGatedWith is startGated with the upstream registry behind front (nil: none), which sees every request
+// to it.
+func startGatedWith(t *testing.T, policy string, findings func(repository, digest string) []gate.Finding, front func(http.Handler) http.Handler) *gatedPullgate {
+	t.Helper()
 	dir := t.TempDir()
 	g := &gatedPullgate{dataDir: filepath.Join(dir, "data")}
 	write := func(name string, b []byte) string {
@@ -61,7 +67,11 @@ func startGated(t *testing.T, policy string, findings func(repository, digest st
 		return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})
 	}
 
-	g.upstream = httptest.NewTLSServer(registry.New(registry.Logger(log.New(io.Discard, "", 0))))
+	var upstream http.Handler = registry.New(registry.Logger(log.New(io.Discard, "", 0)))
+	if front != nil {
+		upstream = front(upstream)
+	}
+	g.upstream = httptest.NewTLSServer(upstream)
 	t.Cleanup(g.upstream.Close)
 
 	// pullgate's local CA, made before it starts (it keeps a CA it finds), so that the scanner trusts it.
@@ -111,7 +121,7 @@ func startGated(t *testing.T, policy string, findings func(repository, digest st
 		t.Fatal(err)
 	}
 
-	cfg, specs, err := loadConfig(map[string]string{
+	a := serveInProcess(t, map[string]string{
 		"PULLGATE_ADDR": "127.0.0.1:0", "PULLGATE_METRICS_ADDR": "127.0.0.1:0", "PULLGATE_DATA_DIR": g.dataDir,
 		"PULLGATE_TLS_HOSTS":            "pullgate.test",
 		"PULLGATE_UPSTREAMS":            "docker.io=" + g.upstream.URL,
@@ -122,32 +132,6 @@ func startGated(t *testing.T, policy string, findings func(repository, digest st
 		"PULLGATE_SCANNER_CA_FILE":      write("scanner.crt", pemOf(g.scanner.Certificate())),
 		"PULLGATE_SCANNER_REGISTRY_URL": "https://pullgate.test",
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	logs := &logWatcher{}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- serve(ctx, cfg, specs, slog.New(slog.NewJSONHandler(logs, nil))) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("serve: %v", err)
-		}
-	})
-	deadline := time.Now().Add(10 * time.Second)
-	for logs.find("pullgate serving") == nil {
-		select {
-		case err := <-done:
-			t.Fatalf("serve returned early: %v", err)
-		default:
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("pullgate did not start")
-		}
-		time.Sleep(10 * time.Millisecond) // polling pullgate's log for its start, with a deadline
-	}
-	a := logs.find("pullgate serving")["addr"].(string)
 	addr.Store(&a)
 	g.url = "https://" + a
 	return g

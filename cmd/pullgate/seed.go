@@ -64,17 +64,7 @@ pullgate has, and says how many it skipped. --state "" uses no file (every blob 
 Exit status: 0 when every image was seeded; 1 when any failed; 2 for a usage mistake, an IMAGE that is not a
 reference included (nothing is asked then).
 
-Where pullgate is, and who asks (flags win over the environment):
-  --server, PULLGATE_SERVER     pullgate's URL, https://host[:port]; default https://localhost:5443
-  --ca-file, PULLGATE_CA_FILE   the CA of pullgate's certificate (PEM); default: the CA pullgate makes in its
-                                data directory, $PULLGATE_DATA_DIR/tls/ca.crt (./pullgate-data/tls/ca.crt), when
-                                that file exists, else the system's roots
-  PULLGATE_USERNAME, PULLGATE_PASSWORD
-                                a robot's login ("robot$ci") and secret, sent as Basic credentials over TLS;
-                                set both or neither. The password is never printed.
-
-flags:
-`
+` + clientHelp
 
 const (
 	// defaultSeedJobs is how many images are seeded at once without --jobs.
@@ -104,21 +94,14 @@ const (
 // seedOptions are what `pullgate seed` takes from its caller besides the command line. The zero value is what
 // the command uses.
 type seedOptions struct {
-	// MaxWait bounds one wait after a 503 or 429, whatever Retry-After says; zero means 30s.
-	MaxWait time.Duration
+	// scanOptions bound one wait (here: after a 503 or 429, whatever Retry-After says) and give the clock.
+	scanOptions
 	// Display chooses the progress display; zero (displayAuto) means bars on a terminal, else plain lines.
 	Display seedDisplay
-	// Now is the clock; nil means time.Now.
-	Now func() time.Time
 }
 
 func (o seedOptions) withDefaults() seedOptions {
-	if o.MaxWait <= 0 {
-		o.MaxWait = 30 * time.Second
-	}
-	if o.Now == nil {
-		o.Now = time.Now
-	}
+	o.scanOptions = o.scanOptions.withDefaults()
 	return o
 }
 
@@ -171,20 +154,7 @@ func runSeed(args []string, env map[string]string, stdin io.Reader, stdout, stde
 	if err != nil {
 		return usageErr("%v", err)
 	}
-	var images []scanImage
-	seen := map[string]bool{}
-	var bad []string
-	for _, r := range refs {
-		img, err := client.image(r)
-		if err != nil {
-			bad = append(bad, oneLine(err.Error()))
-			continue
-		}
-		if !seen[img.name] {
-			seen[img.name] = true
-			images = append(images, img)
-		}
-	}
+	images, bad := client.images(refs)
 	if len(bad) > 0 {
 		return usageErr("nothing was asked, as these are not image references:\n  %s", strings.Join(bad, "\n  "))
 	}

@@ -2,15 +2,12 @@ package main
 
 import (
 	"bytes"
-	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/pem"
 	"fmt"
 	"io"
 	"log"
-	"log/slog"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/http/httputil"
@@ -24,17 +21,12 @@ import (
 	"testing"
 	"time"
 
-	"github.com/google/go-containerregistry/pkg/registry"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/empty"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/random"
-	"golang.org/x/crypto/bcrypt"
 
-	"github.com/pullgate/pullgate/certs"
 	"github.com/pullgate/pullgate/gate"
-	"github.com/pullgate/pullgate/gate/scannertest"
-	"github.com/pullgate/pullgate/identity"
 )
 
 // blobCounter counts the GETs of each blob at the upstream.
@@ -49,116 +41,27 @@ func (c *blobCounter) count(digest string) int {
 	return c.gets[digest]
 }
 
-// startSeedPullgate is pullgate run in-process as `pullgate serve` runs it, like startGated: a gate policy
-// (blocking the digests in vulnerable), the fake Harbor scanner, a robots file with the robot ci, and
-// go-containerregistry's registry as the docker.io upstream, whose blob GETs are counted.
+// startSeedPullgate is startGated with a policy that blocks the digests in vulnerable, and the upstream's blob
+// GETs counted.
 func startSeedPullgate(t *testing.T, vulnerable map[string]bool) (*gatedPullgate, *blobCounter) {
 	t.Helper()
-	dir := t.TempDir()
-	g := &gatedPullgate{dataDir: filepath.Join(dir, "data")}
-	write := func(name string, b []byte) string {
-		p := filepath.Join(dir, name)
-		if err := os.WriteFile(p, b, 0o600); err != nil {
-			t.Fatal(err)
-		}
-		return p
-	}
-	pemOf := func(c *x509.Certificate) []byte {
-		return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})
-	}
 	counter := &blobCounter{gets: map[string]int{}}
-	reg := registry.New(registry.Logger(log.New(io.Discard, "", 0)))
-	g.upstream = httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.Method == http.MethodGet && strings.Contains(r.URL.Path, "/blobs/sha256:") {
-			counter.mu.Lock()
-			counter.gets[path.Base(r.URL.Path)]++
-			counter.mu.Unlock()
+	findings := func(_, digest string) []gate.Finding {
+		if !vulnerable[digest] {
+			return nil
 		}
-		reg.ServeHTTP(w, r)
-	}))
-	t.Cleanup(g.upstream.Close)
-
-	local, err := certs.EnsureLocal(filepath.Join(g.dataDir, "tls"), []string{"pullgate.test"}, time.Now())
-	if err != nil {
-		t.Fatal(err)
+		return []gate.Finding{{ID: "CVE-2026-0002", Severity: gate.SeverityCritical, Package: "zlib", Version: "1.0"}}
 	}
-	g.caFile = local.CAFile
-	caPEM, err := os.ReadFile(local.CAFile)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pool := x509.NewCertPool()
-	pool.AppendCertsFromPEM(caPEM)
-	var addr atomic.Pointer[string]
-	g.scanner = scannertest.New(scannertest.Options{
-		Findings: func(_, digest string) []gate.Finding {
-			if !vulnerable[digest] {
-				return nil
+	g := startGatedWith(t, "severity: High\nwait: 100ms\n", findings, func(reg http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.Method == http.MethodGet && strings.Contains(r.URL.Path, "/blobs/sha256:") {
+				counter.mu.Lock()
+				counter.gets[path.Base(r.URL.Path)]++
+				counter.mu.Unlock()
 			}
-			return []gate.Finding{{ID: "CVE-2026-0002", Severity: gate.SeverityCritical, Package: "zlib", Version: "1.0"}}
-		},
-		Transport: &http.Transport{
-			TLSClientConfig: &tls.Config{RootCAs: pool},
-			DialContext: func(ctx context.Context, network, a string) (net.Conn, error) {
-				if a == "pullgate.test:443" {
-					a = *addr.Load()
-				}
-				return (&net.Dialer{}).DialContext(ctx, network, a)
-			},
-		},
+			reg.ServeHTTP(w, r)
+		})
 	})
-	t.Cleanup(g.scanner.Close)
-
-	clear, secret, err := identity.NewSecret(time.Now(), bcrypt.MinCost)
-	if err != nil {
-		t.Fatal(err)
-	}
-	robots := identity.File{Robots: []identity.Robot{{Name: "ci", Pull: []string{"docker.io/**"}, Created: time.Now(), Secrets: []identity.Secret{secret}}}}
-	g.ci = [2]string{"robot$ci", clear}
-	robotsFile := filepath.Join(dir, "robots.yaml")
-	if err := robots.Write(robotsFile); err != nil {
-		t.Fatal(err)
-	}
-
-	cfg, specs, err := loadConfig(map[string]string{
-		"PULLGATE_ADDR": "127.0.0.1:0", "PULLGATE_METRICS_ADDR": "127.0.0.1:0", "PULLGATE_DATA_DIR": g.dataDir,
-		"PULLGATE_TLS_HOSTS":            "pullgate.test",
-		"PULLGATE_UPSTREAMS":            "docker.io=" + g.upstream.URL,
-		"PULLGATE_UPSTREAM_CA_FILE":     write("upstream.crt", pemOf(g.upstream.Certificate())),
-		"PULLGATE_ROBOTS_FILE":          robotsFile,
-		"PULLGATE_GATE_POLICY":          write("policy.yaml", []byte("severity: High\nwait: 100ms\n")),
-		"PULLGATE_SCANNER_URL":          g.scanner.URL(),
-		"PULLGATE_SCANNER_CA_FILE":      write("scanner.crt", pemOf(g.scanner.Certificate())),
-		"PULLGATE_SCANNER_REGISTRY_URL": "https://pullgate.test",
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	logs := &logWatcher{}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- serve(ctx, cfg, specs, slog.New(slog.NewJSONHandler(logs, nil))) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("serve: %v", err)
-		}
-	})
-	deadline := time.Now().Add(10 * time.Second)
-	for logs.find("pullgate serving") == nil {
-		select {
-		case err := <-done:
-			t.Fatalf("serve returned early: %v", err)
-		default:
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("pullgate did not start")
-		}
-		time.Sleep(10 * time.Millisecond) // polling pullgate's log for its start, with a deadline
-	}
-	a := logs.find("pullgate serving")["addr"].(string)
-	addr.Store(&a)
-	g.url = "https://" + a
 	return g, counter
 }
 
@@ -461,7 +364,7 @@ spec:
 			front.reset(0, 0)
 			var out, errOut bytes.Buffer
 			code := runSeed(tt.args, front.env(g), strings.NewReader(tt.stdin), &out, &errOut,
-				seedOptions{MaxWait: 50 * time.Millisecond, Display: displayPlain})
+				seedOptions{scanOptions: scanOptions{MaxWait: 50 * time.Millisecond}, Display: displayPlain})
 			if code != tt.code {
 				t.Errorf("exit status %d, want %d", code, tt.code)
 			}
@@ -509,7 +412,7 @@ spec:
 			front.reset(30*time.Millisecond, jobs)
 			var out, errOut bytes.Buffer
 			args := append([]string{"--state", "", "--jobs", fmt.Sprint(jobs)}, jobImages...)
-			if code := runSeed(args, front.env(g), strings.NewReader(""), &out, &errOut, seedOptions{MaxWait: 50 * time.Millisecond, Display: displayPlain}); code != 0 {
+			if code := runSeed(args, front.env(g), strings.NewReader(""), &out, &errOut, seedOptions{scanOptions: scanOptions{MaxWait: 50 * time.Millisecond}, Display: displayPlain}); code != 0 {
 				t.Fatalf("exit status %d\nstdout:\n%s\nstderr:\n%s", code, out.String(), errOut.String())
 			}
 			if _, most := front.counts(); most != jobs {
