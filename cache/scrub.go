@@ -66,8 +66,8 @@ type ScrubStats struct {
 	Complete bool  // the pass reached the last object; the next one starts from the first
 }
 
-func scrubCursorKey() []byte { return []byte{kindScrub, sep, 'c', 'u', 'r', 's', 'o', 'r'} }
-func scrubLastKey() []byte   { return []byte{kindScrub, sep, 'l', 'a', 's', 't'} }
+func scrubCursorKey() []byte { return append([]byte{kindScrub, sep}, "cursor"...) }
+func scrubLastKey() []byte   { return append([]byte{kindScrub, sep}, "last"...) }
 
 // Scrub re-hashes the stored objects in digest order, reading at most opts.Rate bytes per second, and removes
 // each object whose file does not have the indexed size or does not hash to its digest (and the index entry of
