@@ -44,8 +44,8 @@ const (
 type ScrubOptions struct {
 	// Rate is the most bytes of content read per second; zero or negative means no limit.
 	Rate int64
-	// Interval is, for RunScrub, the time from the start of one complete pass to the start of the next; zero
-	// means 24 hours.
+	// Interval is, for RunScrub, the time from the end of one complete pass (see LastScrub) to the start of the
+	// next; zero means 24 hours.
 	Interval time.Duration
 	// OnCorrupt is called, after the removal, once for each object a pass removed, with what was wrong with
 	// it; nil means nothing is called.
@@ -90,10 +90,10 @@ func (c *Cache) Scrub(ctx context.Context, opts ScrubOptions) (ScrubStats, error
 	return st, err
 }
 
-// RunScrub runs Scrub over and over until ctx is done, and then returns ctx's error. A complete pass starts
-// opts.Interval after the start of the one before (taken as its end, as recorded by LastScrub, so that the
-// schedule survives restarts); a pass that was interrupted resumes at once. A pass that fails is logged and
-// resumed after a while.
+// RunScrub runs Scrub over and over until ctx is done, and then returns ctx's error. A new pass starts
+// opts.Interval after the end of the last complete one (LastScrub, so that the schedule survives restarts), but
+// never waits more than opts.Interval (the clock may have been set back); a pass that was interrupted resumes
+// at once. A pass that fails is logged and resumed after a while (at most the interval).
 func (c *Cache) RunScrub(ctx context.Context, opts ScrubOptions) error {
 	select {
 	case <-c.repaired:
