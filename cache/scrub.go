@@ -44,8 +44,8 @@ const (
 type ScrubOptions struct {
 	// Rate is the most bytes of content read per second; zero or negative means no limit.
 	Rate int64
-	// Interval is, for RunScrub, the time from the start of one complete pass to the start of the next; zero
-	// means 24 hours.
+	// Interval is, for RunScrub, the time from the end of one complete pass (see LastScrub) to the start of the
+	// next; zero means 24 hours.
 	Interval time.Duration
 	// OnCorrupt is called, after the removal, once for each object a pass removed, with what was wrong with
 	// it; nil means nothing is called.
@@ -66,8 +66,8 @@ type ScrubStats struct {
 	Complete bool  // the pass reached the last object; the next one starts from the first
 }
 
-func scrubCursorKey() []byte { return []byte{kindScrub, sep, 'c', 'u', 'r', 's', 'o', 'r'} }
-func scrubLastKey() []byte   { return []byte{kindScrub, sep, 'l', 'a', 's', 't'} }
+func scrubCursorKey() []byte { return append([]byte{kindScrub, sep}, "cursor"...) }
+func scrubLastKey() []byte   { return append([]byte{kindScrub, sep}, "last"...) }
 
 // Scrub re-hashes the stored objects in digest order, reading at most opts.Rate bytes per second, and removes
 // each object whose file does not have the indexed size or does not hash to its digest (and the index entry of
@@ -90,10 +90,10 @@ func (c *Cache) Scrub(ctx context.Context, opts ScrubOptions) (ScrubStats, error
 	return st, err
 }
 
-// RunScrub runs Scrub over and over until ctx is done, and then returns ctx's error. A complete pass starts
-// opts.Interval after the start of the one before (taken as its end, as recorded by LastScrub, so that the
-// schedule survives restarts); a pass that was interrupted resumes at once. A pass that fails is logged and
-// resumed after a while.
+// RunScrub runs Scrub over and over until ctx is done, and then returns ctx's error. A new pass starts
+// opts.Interval after the end of the last complete one (LastScrub, so that the schedule survives restarts), but
+// never waits more than opts.Interval (the clock may have been set back); a pass that was interrupted resumes
+// at once. A pass that fails is logged and resumed after a while (at most the interval).
 func (c *Cache) RunScrub(ctx context.Context, opts ScrubOptions) error {
 	select {
 	case <-c.repaired:

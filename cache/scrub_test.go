@@ -137,6 +137,7 @@ func TestScrubRemovesDamaged(t *testing.T) {
 		name    string
 		damage  func(t *testing.T, path string)
 		problem string
+		read    int64 // bytes of the damaged file read: none when its size is wrong
 	}{
 		{"one byte flipped", func(t *testing.T, p string) {
 			b, err := os.ReadFile(p)
@@ -145,24 +146,24 @@ func TestScrubRemovesDamaged(t *testing.T) {
 			}
 			b[len(b)/2] ^= 1
 			writeOver(t, p, b)
-		}, "content hashes to sha256:"},
+		}, "content hashes to sha256:", 5000},
 		{"truncated", func(t *testing.T, p string) {
 			if err := os.Truncate(p, 10); err != nil {
 				t.Fatal(err)
 			}
-		}, "file has 10 bytes, index says 5000"},
+		}, "file has 10 bytes, index says 5000", 0},
 		{"one byte longer", func(t *testing.T, p string) {
 			b, err := os.ReadFile(p)
 			if err != nil {
 				t.Fatal(err)
 			}
 			writeOver(t, p, append(b, 0))
-		}, "file has 5001 bytes, index says 5000"},
+		}, "file has 5001 bytes, index says 5000", 0},
 		{"file deleted", func(t *testing.T, p string) {
 			if err := os.Remove(p); err != nil {
 				t.Fatal(err)
 			}
-		}, "index entry without a regular file"},
+		}, "index entry without a regular file", 0},
 		{"replaced by a symbolic link", func(t *testing.T, p string) {
 			good := p + ".elsewhere"
 			if err := os.Rename(p, good); err != nil {
@@ -171,7 +172,7 @@ func TestScrubRemovesDamaged(t *testing.T) {
 			if err := os.Symlink(good, p); err != nil {
 				t.Fatal(err)
 			}
-		}, "index entry without a regular file"},
+		}, "index entry without a regular file", 0},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -196,8 +197,8 @@ func TestScrubRemovesDamaged(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if st.Removed != 1 || st.Objects != 2 || !st.Complete {
-				t.Errorf("Scrub = %+v, want 2 objects checked, 1 removed, complete", st)
+			if st.Removed != 1 || st.Objects != 2 || st.Bytes != good.Size+tt.read || !st.Complete {
+				t.Errorf("Scrub = %+v, want 2 objects checked, %d bytes read, 1 removed, complete", st, good.Size+tt.read)
 			}
 			if len(calls) != 1 || calls[0].d != bad.Digest || !strings.Contains(calls[0].problem, tt.problem) {
 				t.Errorf("OnCorrupt calls = %+v, want one for %s saying %q", calls, bad.Digest, tt.problem)
@@ -245,11 +246,15 @@ func TestScrubRate(t *testing.T) {
 	tests := []struct {
 		name string
 		rate int64
+		// stall moves the clock on by an hour in the first wait, as a slow disk or a suspended process would:
+		// the time is not banked for a burst beyond one chunk.
+		stall bool
 	}{
-		{"no limit", 0},
-		{"1 MiB/s", 1 << 20},
-		{"10 MB/s", 10_000_000},
-		{"100 KiB/s, less than a chunk", 100 << 10},
+		{"no limit", 0, false},
+		{"1 MiB/s", 1 << 20, false},
+		{"10 MB/s", 10_000_000, false},
+		{"100 KiB/s, less than a chunk", 100 << 10, false},
+		{"1 MiB/s after a stall", 1 << 20, true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -261,6 +266,13 @@ func TestScrubRate(t *testing.T) {
 				n += int64(s)
 			}
 			fs := &fakeSleep{clk: clk}
+			if tt.stall {
+				fs.hook = func(n int, _ time.Duration) {
+					if n == 1 {
+						clk.Advance(time.Hour)
+					}
+				}
+			}
 			st, err := c.Scrub(t.Context(), ScrubOptions{Rate: tt.rate, sleep: fs.sleep})
 			if err != nil {
 				t.Fatal(err)
@@ -281,10 +293,14 @@ func TestScrubRate(t *testing.T) {
 			}
 			// Reading N bytes takes N/R, rounding aside, and no burst is more than one chunk.
 			want := time.Duration(float64(n) / float64(tt.rate) * float64(time.Second))
+			chunk := time.Duration(float64(scrubChunk) / float64(tt.rate) * float64(time.Second))
+			if tt.stall {
+				want -= chunk // the one chunk the bucket holds
+			}
 			if sum < want-time.Millisecond || sum > want+time.Millisecond {
 				t.Errorf("waited %v in all for %d bytes at %d B/s, want about %v", sum, n, tt.rate, want)
 			}
-			burst := time.Duration(float64(scrubChunk)/float64(tt.rate)*float64(time.Second)) + time.Millisecond
+			burst := chunk + time.Millisecond
 			for _, w := range waits {
 				if w <= 0 || w > burst {
 					t.Errorf("a wait of %v, want one in (0, %v]", w, burst)
@@ -510,7 +526,8 @@ func TestRunScrubWaitsForInterval(t *testing.T) {
 			}
 			var removed int
 			var at []seen
-			ctx, cancel := context.WithCancel(t.Context())
+			// A RunScrub that never waits would loop until this deadline.
+			ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
 			defer cancel()
 			fs := &fakeSleep{clk: clk, hook: func(n int, d time.Duration) {
 				last, err := c.LastScrub()
@@ -546,5 +563,34 @@ func TestRunScrubWaitsForInterval(t *testing.T) {
 				t.Errorf("passes %v apart, want %v", at[2].now.Sub(at[1].now), interval)
 			}
 		})
+	}
+}
+
+func TestScrubWaitsForRepair(t *testing.T) {
+	clk := newClock()
+	c := open(t, t.TempDir(), clk.Now)
+	bad := put(t, c, randomBytes(t, 100))
+	writeOver(t, c.Path(bad.Digest), make([]byte, bad.Size))
+	// As if Open had started a repair that has not ended: neither call may touch anything until it does.
+	repaired := c.repaired
+	c.repaired = make(chan struct{})
+	// The calls end with their contexts; one that did not wait would finish its pass long before.
+	ctx, cancel := context.WithTimeout(t.Context(), 100*time.Millisecond)
+	defer cancel()
+	if st, err := c.Scrub(ctx, ScrubOptions{}); !errors.Is(err, context.DeadlineExceeded) || st != (ScrubStats{}) {
+		t.Errorf("Scrub during the repair = %+v, %v; want nothing done, context.DeadlineExceeded", st, err)
+	}
+	ctx, cancel = context.WithTimeout(t.Context(), 100*time.Millisecond)
+	defer cancel()
+	if err := c.RunScrub(ctx, ScrubOptions{}); !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("RunScrub during the repair = %v, want context.DeadlineExceeded", err)
+	}
+	if _, err := c.Stat(bad.Digest); err != nil {
+		t.Errorf("the damaged object was removed during the repair: %v", err)
+	}
+	close(c.repaired)
+	c.repaired = repaired
+	if st, err := c.Scrub(t.Context(), ScrubOptions{}); err != nil || st.Removed != 1 {
+		t.Errorf("Scrub after the repair = %+v, %v; want the damaged object removed", st, err)
 	}
 }
