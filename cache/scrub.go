@@ -32,7 +32,8 @@ const (
 	scrubChunk = 1 << 20
 	// minScrubChunk is the smallest read when the rate is lower than scrubChunk per second.
 	minScrubChunk = 64 << 10
-	// defaultScrubInterval is RunScrub's time from the end of one complete pass to the next when ScrubOptions.Interval is 0.
+	// defaultScrubInterval is RunScrub's time from the end of one complete pass to the next when
+	// ScrubOptions.Interval is 0.
 	defaultScrubInterval = 24 * time.Hour
 	// scrubRetry is how long RunScrub waits after a pass failed (at most the interval) before it resumes.
 	scrubRetry = 10 * time.Minute
