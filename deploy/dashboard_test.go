@@ -96,11 +96,6 @@ func exportedSeries(t *testing.T) map[string]bool {
 	return series
 }
 
-// promqlWords are PromQL's keywords and aggregation modifiers: words that are neither functions (those are
-// followed by a parenthesis) nor metric names.
-var promqlWords = []string{"by", "without", "on", "ignoring", "group_left", "group_right", "and", "or", "unless",
-	"offset", "bool", "inf", "nan", "atan2"}
-
 var (
 	promqlStrings   = regexp.MustCompile(`"(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*'|` + "`[^`]*`")
 	promqlMatchers  = regexp.MustCompile(`\{[^{}]*\}`)
@@ -120,10 +115,13 @@ func metricNames(expr string) []string {
 	e = promqlRanges.ReplaceAllString(e, " ")
 	e = promqlGrouping.ReplaceAllString(e, " ")
 	e = promqlNumbers.ReplaceAllString(e, " ")
+	// PromQL's keywords and modifiers: words that are neither functions (followed by a parenthesis) nor metrics.
+	keywords := []string{"by", "without", "on", "ignoring", "group_left", "group_right", "and", "or", "unless",
+		"offset", "bool", "inf", "nan", "atan2"}
 	var names []string
 	for _, m := range promqlWord.FindAllStringSubmatch(e, -1) {
 		word := strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(m[0]), "("))
-		if m[1] != "" || slices.Contains(promqlWords, strings.ToLower(word)) {
+		if m[1] != "" || slices.Contains(keywords, strings.ToLower(word)) {
 			continue
 		}
 		names = append(names, word)

@@ -153,26 +153,28 @@ type (
 )
 
 // types maps apiVersion and kind to a new object of its type. A kind not listed fails the build.
-var types = map[string]func() any{
-	"v1/Namespace":                       func() any { return new(corev1.Namespace) },
-	"v1/ServiceAccount":                  func() any { return new(corev1.ServiceAccount) },
-	"v1/Service":                         func() any { return new(corev1.Service) },
-	"v1/ConfigMap":                       func() any { return new(corev1.ConfigMap) },
-	"v1/Secret":                          func() any { return new(corev1.Secret) },
-	"apps/v1/StatefulSet":                func() any { return new(appsv1.StatefulSet) },
-	"apps/v1/Deployment":                 func() any { return new(appsv1.Deployment) },
-	"apps/v1/DaemonSet":                  func() any { return new(appsv1.DaemonSet) },
-	"networking.k8s.io/v1/NetworkPolicy": func() any { return new(networkingv1.NetworkPolicy) },
-	"policy/v1/PodDisruptionBudget":      func() any { return new(policyv1.PodDisruptionBudget) },
-	"admissionregistration.k8s.io/v1/MutatingWebhookConfiguration":   func() any { return new(admissionregistrationv1.MutatingWebhookConfiguration) },
-	"admissionregistration.k8s.io/v1/ValidatingWebhookConfiguration": func() any { return new(admissionregistrationv1.ValidatingWebhookConfiguration) },
-	"rbac.authorization.k8s.io/v1/Role":                              func() any { return new(rbacv1.Role) },
-	"rbac.authorization.k8s.io/v1/RoleBinding":                       func() any { return new(rbacv1.RoleBinding) },
-	"rbac.authorization.k8s.io/v1/ClusterRole":                       func() any { return new(rbacv1.ClusterRole) },
-	"rbac.authorization.k8s.io/v1/ClusterRoleBinding":                func() any { return new(rbacv1.ClusterRoleBinding) },
-	"monitoring.coreos.com/v1/ServiceMonitor":                        func() any { return new(serviceMonitor) },
-	"cert-manager.io/v1/Certificate":                                 func() any { return new(certificate) },
-	"cert-manager.io/v1/Issuer":                                      func() any { return new(issuer) },
+func types() map[string]func() any {
+	return map[string]func() any{
+		"v1/Namespace":                       func() any { return new(corev1.Namespace) },
+		"v1/ServiceAccount":                  func() any { return new(corev1.ServiceAccount) },
+		"v1/Service":                         func() any { return new(corev1.Service) },
+		"v1/ConfigMap":                       func() any { return new(corev1.ConfigMap) },
+		"v1/Secret":                          func() any { return new(corev1.Secret) },
+		"apps/v1/StatefulSet":                func() any { return new(appsv1.StatefulSet) },
+		"apps/v1/Deployment":                 func() any { return new(appsv1.Deployment) },
+		"apps/v1/DaemonSet":                  func() any { return new(appsv1.DaemonSet) },
+		"networking.k8s.io/v1/NetworkPolicy": func() any { return new(networkingv1.NetworkPolicy) },
+		"policy/v1/PodDisruptionBudget":      func() any { return new(policyv1.PodDisruptionBudget) },
+		"admissionregistration.k8s.io/v1/MutatingWebhookConfiguration":   func() any { return new(admissionregistrationv1.MutatingWebhookConfiguration) },
+		"admissionregistration.k8s.io/v1/ValidatingWebhookConfiguration": func() any { return new(admissionregistrationv1.ValidatingWebhookConfiguration) },
+		"rbac.authorization.k8s.io/v1/Role":                              func() any { return new(rbacv1.Role) },
+		"rbac.authorization.k8s.io/v1/RoleBinding":                       func() any { return new(rbacv1.RoleBinding) },
+		"rbac.authorization.k8s.io/v1/ClusterRole":                       func() any { return new(rbacv1.ClusterRole) },
+		"rbac.authorization.k8s.io/v1/ClusterRoleBinding":                func() any { return new(rbacv1.ClusterRoleBinding) },
+		"monitoring.coreos.com/v1/ServiceMonitor":                        func() any { return new(serviceMonitor) },
+		"cert-manager.io/v1/Certificate":                                 func() any { return new(certificate) },
+		"cert-manager.io/v1/Issuer":                                      func() any { return new(issuer) },
+	}
 }
 
 // decodeStrict decodes data into v: field names case-sensitive, unknown and duplicate fields errors.
@@ -193,9 +195,10 @@ func build(dir string) ([]object, error) {
 	}
 	var objs []object
 	var errs []error
+	decoders := types()
 	for _, r := range m.Resources() {
 		o := object{apiVersion: r.GetApiVersion(), kind: r.GetKind(), namespace: r.GetNamespace(), name: r.GetName()}
-		newObj, ok := types[o.apiVersion+"/"+o.kind]
+		newObj, ok := decoders[o.apiVersion+"/"+o.kind]
 		if !ok {
 			errs = append(errs, fmt.Errorf("%s: apiVersion %s kind %s has no type to check it against", o, o.apiVersion, o.kind))
 			continue
@@ -308,13 +311,11 @@ func TestKustomizations(t *testing.T) {
 	}
 }
 
-// privileged lists the only workloads allowed outside a namespace that enforces the "restricted" Pod Security
+// privileged names the only workloads allowed outside a namespace that enforces the "restricted" Pod Security
 // Standard, each in a namespace of its own labelled "privileged".
-var privileged = map[string]bool{
-	"DaemonSet pullgate-node-setup/pullgate-node-setup": true,
+func privileged(w workload) bool {
+	return w.String() == "DaemonSet pullgate-node-setup/pullgate-node-setup"
 }
-
-var restrictedVolumes = []string{"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim", "projected", "secret"}
 
 // volumeType names the one source a volume has (its JSON field name).
 func volumeType(v corev1.Volume) string {
@@ -360,7 +361,7 @@ func checkPodSecurity(objs []object) []error {
 		switch {
 		case level == "restricted":
 			errs = append(errs, restricted(w)...)
-		case level == "privileged" && privileged[w.String()]:
+		case level == "privileged" && privileged(w):
 		default:
 			errs = append(errs, fmt.Errorf("%s: namespace %s enforces %q, not \"restricted\"", w, w.namespace, level))
 		}
@@ -385,6 +386,7 @@ func restricted(w workload) []error {
 		fail("host namespaces")
 	}
 	for _, v := range s.Volumes {
+		restrictedVolumes := []string{"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim", "projected", "secret"}
 		if t := volumeType(v); !slices.Contains(restrictedVolumes, t) {
 			fail("volume %s is %s", v.Name, t)
 		}
@@ -867,9 +869,6 @@ func checkReferences(objs []object, docs map[source][]string) []error {
 	return errs
 }
 
-// fileArgs are the command-line flags of pullgate that name files to read.
-var fileArgs = []string{"--ca", "--tls-cert", "--tls-key", "--client-cert", "--client-key"}
-
 // isFileVariable says whether a PULLGATE_* variable names a file pullgate reads at start.
 func isFileVariable(name string) bool {
 	return name == "PULLGATE_GATE_POLICY" || strings.HasSuffix(name, "_FILE") ||
@@ -882,6 +881,8 @@ func isFileVariable(name string) bool {
 func checkFiles(objs []object, docs map[source][]string) []error {
 	var errs []error
 	have := made(objs)
+	// The command-line flags of pullgate that name files to read.
+	fileArgs := []string{"--ca", "--tls-cert", "--tls-key", "--client-cert", "--client-key"}
 	for _, w := range workloads(objs) {
 		for _, c := range allContainers(w.spec) {
 			if !isPullgate(c.Image) {
