@@ -299,6 +299,7 @@ func TestKustomizations(t *testing.T) {
 				{"webhooks", checkWebhooks},
 				{"node setup", checkNodeSetup},
 				{"public host", checkPublicHost},
+				{"certificates", checkCertificates},
 			}
 			for _, c := range checks {
 				t.Run(c.name, func(t *testing.T) {
@@ -1178,6 +1179,40 @@ func checkPublicHost(objs []object) []error {
 		host, _, _ := strings.Cut(first, ":")
 		if !slices.Contains(cert.Spec.DNSNames, host) {
 			errs = append(errs, fmt.Errorf("Certificate pullgate/pullgate: dnsNames %v lack the public host %s", cert.Spec.DNSNames, host))
+		}
+	}
+	return errs
+}
+
+// checkCertificates checks that a Certificate whose Secret a workload mounts names every Service in front of that
+// workload (<service>.<namespace>.svc, the name the API server calls a webhook by and clients in the cluster use).
+// Headless Services are left out: their clients address single Pods.
+func checkCertificates(objs []object) []error {
+	var errs []error
+	for _, o := range objs {
+		svc, ok := o.obj.(*corev1.Service)
+		if !ok || svc.Spec.ClusterIP == corev1.ClusterIPNone || len(svc.Spec.Selector) == 0 {
+			continue
+		}
+		sel := labels.SelectorFromSet(svc.Spec.Selector)
+		for _, w := range workloads(objs) {
+			if w.namespace != o.namespace || !sel.Matches(labels.Set(templateLabels(w.object))) {
+				continue
+			}
+			for _, v := range w.spec.Volumes {
+				if v.Secret == nil {
+					continue
+				}
+				for _, co := range objs {
+					cert, ok := co.obj.(*certificate)
+					if !ok || co.namespace != w.namespace || cert.Spec.SecretName != v.Secret.SecretName {
+						continue
+					}
+					if name := o.name + "." + o.namespace + ".svc"; !slices.Contains(cert.Spec.DNSNames, name) {
+						errs = append(errs, fmt.Errorf("%s: %s mounts its Secret %s behind %s, but dnsNames %v lack %s", co, w, cert.Spec.SecretName, o, cert.Spec.DNSNames, name))
+					}
+				}
+			}
 		}
 	}
 	return errs
