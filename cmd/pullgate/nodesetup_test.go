@@ -320,12 +320,12 @@ func TestNodeSetupBadInput(t *testing.T) {
 		want string
 	}{
 		{"no server", []string{"hosts-toml", "--dir", "out", "docker.io"}, "--server is required"},
-		{"http server", []string{"hosts-toml", "--server", "http://pg.example.com:5443", "docker.io"}, "want https://HOST[:PORT]"},
-		{"server without scheme", []string{"hosts-toml", "--server", "pg.example.com:5443", "docker.io"}, "want https://HOST[:PORT]"},
-		{"server with path", []string{"hosts-toml", "--server", "https://pg.example.com:5443/v2/docker.io", "docker.io"}, "without a user, path"},
-		{"server with user", []string{"hosts-toml", "--server", "https://u:p@pg.example.com", "docker.io"}, "without a user, path"},
-		{"server with query", []string{"hosts-toml", "--server", "https://pg.example.com/?ns=x", "docker.io"}, "without a user, path"},
-		{"server without host", []string{"hosts-toml", "--server", "https:///x", "docker.io"}, "no host"},
+		{"http server", []string{"hosts-toml", "--server", "http://pg.example.com:5443", "--dir", "out", "docker.io"}, "want https://HOST[:PORT]"},
+		{"server without scheme", []string{"hosts-toml", "--server", "pg.example.com:5443", "--dir", "out", "docker.io"}, "want https://HOST[:PORT]"},
+		{"server with path", []string{"hosts-toml", "--server", "https://pg.example.com:5443/v2/docker.io", "--dir", "out", "docker.io"}, "without a user, path"},
+		{"server with user", []string{"hosts-toml", "--server", "https://u:p@pg.example.com", "--dir", "out", "docker.io"}, "without a user, path"},
+		{"server with query", []string{"hosts-toml", "--server", "https://pg.example.com/?ns=x", "--dir", "out", "docker.io"}, "without a user, path"},
+		{"server without host", []string{"hosts-toml", "--server", "https:///x", "--dir", "out", "docker.io"}, "no host"},
 		{"no registry", append([]string{"hosts-toml"}, ok...), "name at least one registry"},
 		{"registry with a path", append(append([]string{"hosts-toml"}, ok...), "ghcr.io/team"), "want a lowercase DNS name"},
 		{"uppercase registry", append(append([]string{"hosts-toml"}, ok...), "GHCR.io"), "want a lowercase DNS name"},
@@ -353,6 +353,8 @@ func TestNodeSetupBadInput(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
+			// A case that wrongly writes must not make the next ones fail.
+			t.Cleanup(func() { _ = os.RemoveAll("out") })
 			code, stdout, stderr := runNode(t, tt.args...)
 			if code != 2 || !strings.Contains(stderr, tt.want) {
 				t.Errorf("exit %d, stderr %q; want 2 and %q", code, stderr, tt.want)
