@@ -23,7 +23,7 @@ import (
 // the directory as containerd reads it: the files are written through a second name of the directory (a
 // symbolic link standing for a DaemonSet's hostPath mount), with --node-dir naming the directory containerd
 // reads, so that the paths inside the files must be the node's.
-func runHostsTOML(t *testing.T, bin, server, caFile, registry string) string {
+func runHostsTOML(t *testing.T, bin, server, caFile string, registries []string, flags ...string) string {
 	t.Helper()
 	dir := t.TempDir()
 	mount, nodeDir := filepath.Join(dir, "mount"), filepath.Join(dir, "node")
@@ -33,13 +33,15 @@ func runHostsTOML(t *testing.T, bin, server, caFile, registry string) string {
 	if err := os.Symlink(nodeDir, mount); err != nil {
 		t.Fatal(err)
 	}
-	out, err := Run(t.Context(), time.Minute, nil, bin, "hosts-toml", "--server", server, "--ca", caFile,
-		"--dir", mount, "--node-dir", nodeDir, registry)
+	args := append([]string{"hosts-toml", "--server", server, "--ca", caFile, "--dir", mount, "--node-dir", nodeDir}, flags...)
+	out, err := Run(t.Context(), time.Minute, nil, bin, append(args, registries...)...)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !strings.Contains(out, "wrote "+filepath.Join(mount, registry, "hosts.toml")) {
-		t.Fatalf("pullgate hosts-toml did not write %s/hosts.toml:\n%s", registry, out)
+	for _, reg := range registries {
+		if !strings.Contains(out, "wrote "+filepath.Join(mount, reg, "hosts.toml")) {
+			t.Fatalf("pullgate hosts-toml did not write %s/hosts.toml:\n%s", reg, out)
+		}
 	}
 	return nodeDir
 }
@@ -58,7 +60,7 @@ func TestNodeSetupContainerd(t *testing.T) {
 		{Name: "other", Allow: []string{"local/e2e/single"}},
 	}})
 	ctx := ctxFor(t, 2*time.Minute)
-	hostsDir := runHostsTOML(t, pg.Opts.Bin, pg.URL, e.caFile(), e.upHost())
+	hostsDir := runHostsTOML(t, pg.Opts.Bin, pg.URL, e.caFile(), []string{e.upHost()})
 	images := startCRIContainerd(ctx, t, containerd, hostsDir)
 	puller, secret := pg.user("puller")
 	other, otherSecret := pg.user("other")
@@ -117,6 +119,79 @@ func TestNodeSetupContainerd(t *testing.T) {
 	}
 }
 
+// TestNodeSetupContainerdClientCert pulls through containerd's CRI plugin with no pull secret, the node
+// identified by the client certificate `pullgate hosts-toml --client-cert --client-key` copied next to the
+// hosts.toml files: in mirror mode (the upstream's registry listed) and in prefix mode (pullgate's own host
+// listed, for its CA and the certificate). A repository the node may not pull fails without a request to the
+// upstream.
+func TestNodeSetupContainerdClientCert(t *testing.T) {
+	containerd := requireTool(t, "containerd")
+	requireRoot(t)
+	e := sharedEnv(t)
+	clientCA, err := NewCA(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, key, err := clientCA.IssueClient(t.TempDir(), "node-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	pg := startAuthPullgate(t, e, authOptions{
+		robots:   []RobotOptions{{Name: "node", Allow: []string{"local/e2e/layers10"}}},
+		clients:  []ClientMapping{{Subject: "node-1", Robot: "node"}},
+		clientCA: clientCA.CertFile,
+	})
+	ctx := ctxFor(t, 2*time.Minute)
+	hostsDir := runHostsTOML(t, pg.Opts.Bin, pg.URL, e.caFile(), []string{e.upHost(), pg.Addr},
+		"--client-cert", cert, "--client-key", key)
+	for _, reg := range []string{e.upHost(), pg.Addr} {
+		st, err := os.Stat(filepath.Join(hostsDir, reg, "pullgate-client-key.pem"))
+		if err != nil || st.Mode().Perm() != 0o600 {
+			t.Errorf("the node's copy of the client key for %s: %v, %v; want mode 0600", reg, st, err)
+		}
+	}
+	images := startCRIContainerd(ctx, t, containerd, hostsDir)
+	tests := []struct {
+		name string
+		ref  string
+		im   Image
+		want string // what the error must say; empty for success
+	}{
+		{"mirror", e.fix.Layers10.Ref(e.upHost()), e.fix.Layers10, ""},
+		{"prefix", e.fix.Layers10.Ref(pg.Addr + "/local"), e.fix.Layers10, ""},
+		{"mirror, not allowed", e.fix.Multi.Ref(e.upHost()), e.fix.Multi, "403 Forbidden"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			before := servedTo(pg.Pullgate, tt.im.Repo, "cert:node-1", "mtls")
+			e.proxy.Reset()
+			id, err := kubeletPull(ctx, images, tt.ref, nil)
+			if n := e.proxy.Count("UA containerd"); n != 0 {
+				t.Errorf("containerd sent %d requests to the upstream itself: %v", n, e.proxy.Counts())
+			}
+			if tt.want != "" {
+				if err == nil {
+					removeCRIImage(ctx, t, images, tt.ref)
+					t.Fatalf("CRI pull of %s succeeded", tt.ref)
+				}
+				if !strings.Contains(err.Error(), tt.want) {
+					t.Errorf("CRI pull of %s failed without %q: %v", tt.ref, tt.want, err)
+				}
+				notInContainerd(ctx, t, images, tt.ref)
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			checkCRIImage(ctx, t, images, tt.ref, id, tt.im)
+			removeCRIImage(ctx, t, images, tt.ref)
+			if servedTo(pg.Pullgate, tt.im.Repo, "cert:node-1", "mtls") == before {
+				t.Errorf("the pull log has no new successful request for %s by cert:node-1 (auth mtls)", tt.im.Repo)
+			}
+		})
+	}
+}
+
 // TestNodeSetupContainerdRequests records what containerd 1.6 sends to pullgate with the hosts.toml of
 // `pullgate hosts-toml`: every request goes to pullgate's /v2/<repository>/... and names the registry in ?ns=,
 // which is how pullgate knows the upstream when the path does not say it.
@@ -129,7 +204,7 @@ func TestNodeSetupContainerdRequests(t *testing.T) {
 	}
 	ctx := ctxFor(t, 2*time.Minute)
 	front, seen := startRecordingFront(t, e, e.pg.URL)
-	hostsDir := runHostsTOML(t, e.pg.Opts.Bin, front, e.caFile(), e.upHost())
+	hostsDir := runHostsTOML(t, e.pg.Opts.Bin, front, e.caFile(), []string{e.upHost()})
 	images := startCRIContainerd(ctx, t, containerd, hostsDir)
 	e.proxy.Reset()
 	ref := e.fix.Layers10.Ref(e.upHost())
