@@ -13,6 +13,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/pullgate/pullgate/gate"
 )
 
 // The node setup tests run `pullgate hosts-toml` and `pullgate registries-conf` as a node's DaemonSet does and
@@ -117,6 +119,42 @@ func TestNodeSetupContainerd(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestNodeSetupContainerdGate is TestGateCRIReachableServer with the files of `pullgate hosts-toml`: the
+// upstream is reachable from containerd, yet a manifest the gate blocks is not pulled, and containerd sends the
+// upstream nothing; a clean image comes through.
+func TestNodeSetupContainerdGate(t *testing.T) {
+	containerd := requireTool(t, "containerd")
+	requireRoot(t)
+	e := sharedEnv(t)
+	ctx := ctxFor(t, 2*time.Minute)
+	vuln, clean := pushGateImage(ctx, t, e, "nodesetup/vuln"), pushGateImage(ctx, t, e, "nodesetup/clean")
+	g := startGatedPullgate(t, e, gateSetup{policy: "severity: Critical\n",
+		findings: map[string][]gate.Finding{vuln.Digest.String(): {finding("CVE-2026-55557", gate.SeverityCritical)}}})
+	hostsDir := runHostsTOML(t, g.Opts.Bin, g.URL, e.caFile(), []string{e.upHost()})
+	images := startCRIContainerd(ctx, t, containerd, hostsDir)
+	for _, ref := range []string{vuln.Ref(e.upHost()), vuln.DigestRef(e.upHost())} {
+		e.proxy.Reset()
+		_, err := kubeletPull(ctx, images, ref, nil)
+		if err == nil {
+			t.Errorf("PullImage of the blocked %s succeeded", ref)
+		}
+		t.Logf("containerd's error: %v", err)
+		notInContainerd(ctx, t, images, ref)
+		if n := e.proxy.Count("UA containerd"); n != 0 {
+			t.Errorf("containerd sent %d requests for %s to the upstream itself: %v", n, ref, e.proxy.Counts())
+		}
+	}
+	if v := gateVerdicts(g, vuln.Digest); v["GET 200 pass"]+v["HEAD 200 pass"] != 0 {
+		t.Errorf("pullgate served the blocked manifest: %v", v)
+	}
+	id, err := kubeletPull(ctx, images, clean.Ref(e.upHost()), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkCRIImage(ctx, t, images, clean.Ref(e.upHost()), id, clean)
+	removeCRIImage(ctx, t, images, clean.Ref(e.upHost()))
 }
 
 // TestNodeSetupContainerdClientCert pulls through containerd's CRI plugin with no pull secret, the node
