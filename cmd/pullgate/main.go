@@ -51,6 +51,10 @@ commands:
   purge    remove images, repositories, an upstream's content or what was not used for a while; a dry run
            unless --yes (pullgate purge -h)
   status   say how much of each image the cache holds (pullgate status -h)
+  hosts-toml       write containerd certs.d hosts.toml files that send registries' pulls to pullgate only
+                   (pullgate hosts-toml -h)
+  registries-conf  write a registries.conf drop-in that sends CRI-O's and podman's pulls to pullgate only
+                   (pullgate registries-conf -h)
 `
 
 func main() {
@@ -100,6 +104,12 @@ func run(args []string, env map[string]string, stdout, stderr io.Writer) int {
 	}
 	if len(args) > 0 && args[0] == "status" {
 		return runStatus(args[1:], env, stdout, stderr)
+	}
+	if len(args) > 0 && args[0] == "hosts-toml" {
+		return runHostsTOML(args[1:], stdout, stderr)
+	}
+	if len(args) > 0 && args[0] == "registries-conf" {
+		return runRegistriesConf(args[1:], stdout, stderr)
 	}
 	if len(args) != 1 {
 		fmt.Fprint(stderr, usage)
