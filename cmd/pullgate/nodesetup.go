@@ -108,22 +108,28 @@ func parseServer(s string) (pgServer, error) {
 // isControlOrQuote reports characters that have no place in a host or path written into the files.
 func isControlOrQuote(r rune) bool { return r < 0x20 || r == 0x7f || r == '"' || r == '\\' }
 
-// parseRegistries checks the registries and returns them deduplicated in order, each of Docker Hub's names as
-// "docker.io" (the name containerd looks up in certs.d for Docker Hub images).
+// parseRegistries checks the registries and returns them deduplicated in order, any of Docker Hub's names as
+// all of them (names.DockerHubHosts): an image may name Docker Hub by any of its hosts ("registry-1.docker.io/
+// library/nginx"), and containerd and containers/image look that host up as written, so a host left out would
+// be pulled from Docker Hub directly, around pullgate. pullgate knows every one of them as its Docker Hub
+// upstream.
 func parseRegistries(args []string) ([]string, error) {
 	if len(args) == 0 {
 		return nil, errors.New("name at least one registry (docker.io, ghcr.io, ...)")
 	}
 	var out []string
 	for _, r := range args {
+		regs := []string{r}
 		if names.IsDockerHub(r) {
-			r = names.DefaultRegistry
+			regs = names.DockerHubHosts()
 		}
-		if err := names.ValidateRegistry(r); err != nil {
-			return nil, err
-		}
-		if !slices.Contains(out, r) {
-			out = append(out, r)
+		for _, r := range regs {
+			if err := names.ValidateRegistry(r); err != nil {
+				return nil, err
+			}
+			if !slices.Contains(out, r) {
+				out = append(out, r)
+			}
 		}
 	}
 	return out, nil

@@ -6,6 +6,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -52,7 +53,13 @@ func checkGolden(t *testing.T, wd, name, got string) {
 		t.Fatal(err)
 	}
 	if got != string(want) {
-		t.Errorf("%s differs from the golden file; got:\n%s", name, got)
+		if os.Getenv("PULLGATE_UPDATE_GOLDEN") != "" {
+			if err := os.WriteFile(filepath.Join(wd, "testdata", "nodesetup", name), []byte(got), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			return
+		}
+		t.Errorf("%s differs from the golden file (PULLGATE_UPDATE_GOLDEN=1 rewrites it); got:\n%s", name, got)
 	}
 }
 
@@ -100,9 +107,12 @@ func TestHostsTOMLGolden(t *testing.T) {
 		args   []string
 		golden map[string]string // registry -> golden file
 		client bool
+		also   []string // directories written besides the golden ones
 	}{
+		// Any of Docker Hub's names stands for all of them: an image naming another would go around pullgate.
 		{name: "ca", args: []string{"--ca", pki.ca, "index.docker.io", "ghcr.io", "docker.io", "registry-1.docker.io"},
-			golden: map[string]string{"docker.io": "hosts-ca-docker.io.toml", "ghcr.io": "hosts-ca-ghcr.io.toml"}},
+			golden: map[string]string{"docker.io": "hosts-ca-docker.io.toml", "ghcr.io": "hosts-ca-ghcr.io.toml"},
+			also:   []string{"index.docker.io", "registry-1.docker.io", "registry.hub.docker.com"}},
 		{name: "client certificate", args: []string{"--ca", pki.ca, "--client-cert", pki.cert, "--client-key", pki.key, "quay.io"},
 			golden: map[string]string{"quay.io": "hosts-client-quay.io.toml"}, client: true},
 		{name: "system roots", args: []string{"localhost:5000"},
@@ -121,8 +131,23 @@ func TestHostsTOMLGolden(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if len(entries) != len(tt.golden) {
-				t.Errorf("out holds %d directories, want %d (one per registry, Docker Hub's names as one)", len(entries), len(tt.golden))
+			var got, want []string
+			for _, e := range entries {
+				got = append(got, e.Name())
+			}
+			for reg := range tt.golden {
+				want = append(want, reg)
+			}
+			want = append(want, tt.also...)
+			slices.Sort(want)
+			if !slices.Equal(got, want) {
+				t.Errorf("out holds %q, want %q (one per registry, each of Docker Hub's names)", got, want)
+			}
+			for _, reg := range tt.also {
+				b := readFile(t, filepath.Join("out", reg, "hosts.toml"))
+				if !strings.Contains(string(b), `[host."https://pg.example.com:5443"]`) || !strings.Contains(string(b), `server = "https://pg.example.com:5443"`) {
+					t.Errorf("%s/hosts.toml does not send %s's pulls to pullgate only:\n%s", reg, reg, b)
+				}
 			}
 			for reg, golden := range tt.golden {
 				d := filepath.Join("out", reg)
@@ -156,7 +181,7 @@ func TestHostsTOMLIdempotent(t *testing.T) {
 	t.Chdir(dir)
 	pki := newNodePKI(t, dir, "pki")
 	args := []string{"hosts-toml", "--server", "https://pg.example.com:5443", "--ca", pki.ca,
-		"--client-cert", pki.cert, "--client-key", pki.key, "--dir", "out", "docker.io", "ghcr.io"}
+		"--client-cert", pki.cert, "--client-key", pki.key, "--dir", "out", "quay.io", "ghcr.io"}
 	if code, _, stderr := runNode(t, args...); code != 0 {
 		t.Fatalf("exit %d: %s", code, stderr)
 	}
@@ -207,7 +232,7 @@ func TestHostsTOMLIdempotent(t *testing.T) {
 		if err := os.WriteFile(target, []byte("keep me\n"), 0o644); err != nil {
 			t.Fatal(err)
 		}
-		hosts := filepath.Join("out", "docker.io", "hosts.toml")
+		hosts := filepath.Join("out", "quay.io", "hosts.toml")
 		want := readFile(t, hosts)
 		if err := os.Remove(hosts); err != nil {
 			t.Fatal(err)
@@ -229,7 +254,7 @@ func TestHostsTOMLIdempotent(t *testing.T) {
 		if code != 0 {
 			t.Fatalf("exit %d: %s", code, stderr)
 		}
-		for _, reg := range []string{"docker.io", "ghcr.io"} {
+		for _, reg := range []string{"quay.io", "ghcr.io"} {
 			checkFile(t, filepath.Join("out", reg, hostsCAName), readFile(t, other.ca), 0o644)
 			// The header's command line names the new CA file.
 			if !strings.Contains(stdout, "wrote "+filepath.Join("out", reg, "hosts.toml")) {
@@ -244,7 +269,7 @@ func TestHostsTOMLDryRun(t *testing.T) {
 	t.Chdir(dir)
 	pki := newNodePKI(t, dir, "pki")
 	code, stdout, stderr := runNode(t, "hosts-toml", "--server", "https://pg.example.com:5443", "--ca", pki.ca,
-		"--client-cert", pki.cert, "--client-key", pki.key, "--dir", "out", "--dry-run", "docker.io")
+		"--client-cert", pki.cert, "--client-key", pki.key, "--dir", "out", "--dry-run", "ghcr.io")
 	if code != 0 {
 		t.Fatalf("exit %d: %s", code, stderr)
 	}
