@@ -164,8 +164,10 @@ func (l Limits) check(out []byte, rw *rewriter, o Options) error {
 	if !slices.Equal(after, want) {
 		return fmt.Errorf("rewriting broke the stream (a bug: please report it): its images are %s, not %s", cut(fmt.Sprintf("%q", after), maxMessage), cut(fmt.Sprintf("%q", want), maxMessage))
 	}
-	o.Resolve = func(context.Context, string) (string, error) {
-		return "", errors.New("an image is still without a digest")
+	if o.Resolve != nil {
+		o.Resolve = func(context.Context, string) (string, error) {
+			return "", errors.New("an image is still without a digest")
+		}
 	}
 	_, again, err := l.rewrite(context.Background(), out, o)
 	if err != nil {
