@@ -222,9 +222,9 @@ func TestRewrite(t *testing.T) {
 			want: "x-base: &b {image: \"pullgate.example.com/docker.io/library/nginx:1\", imagePullPolicy: Always}\ncontainers:\n- <<: *b\n  name: a\n",
 		},
 		{
-			name: "CRLF and a byte order mark",
-			in:   "\ufeffkind: Pod\r\nspec:\r\n  containers:\r\n  - image: nginx:1\r\n",
-			want: "\ufeffkind: Pod\r\nspec:\r\n  imagePullSecrets:\r\n    - name: s\r\n  containers:\r\n  - image: pullgate.example.com/docker.io/library/nginx:1\r\n",
+			name:   "CRLF and a byte order mark",
+			in:     "\ufeffkind: Pod\r\nspec:\r\n  containers:\r\n  - image: nginx:1\r\n",
+			want:   "\ufeffkind: Pod\r\nspec:\r\n  imagePullSecrets:\r\n    - name: s\r\n  containers:\r\n  - image: pullgate.example.com/docker.io/library/nginx:1\r\n",
 			secret: "s",
 		},
 		{
