@@ -484,6 +484,32 @@ func TestRewriteErrors(t *testing.T) {
 	}
 }
 
+// TestRewriteCheck holds that the check of an output refuses one that lists other images than the rewrite
+// made, or that a second rewrite would change: a splicing mistake fails the run instead of being written.
+func TestRewriteCheck(t *testing.T) {
+	in := "kind: Pod\nspec:\n  containers:\n  - image: nginx:1\n"
+	o := Options{Prefix: testPrefix(t), PullSecret: "s"}
+	l := Limits{}.withDefaults()
+	rw, out, err := l.rewrite(context.Background(), []byte(in), o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := l.check(out, rw, o); err != nil {
+		t.Fatalf("check of the right output: %v", err)
+	}
+	for name, bad := range map[string]string{
+		"an image left out":            in,
+		"an image cut short":           strings.Replace(string(out), "nginx:1", "nginx:", 1),
+		"a pull secret left out":       strings.Replace(string(out), "  imagePullSecrets:\n    - name: s\n", "", 1),
+		"a pull secret misplaced":      strings.Replace(string(out), "  imagePullSecrets:\n    - name: s\n", "", 1) + "imagePullSecrets:\n- name: s\n",
+		"a stream that does not parse": string(out) + "  bad: [\n",
+	} {
+		if err := l.check([]byte(bad), rw, o); err == nil {
+			t.Errorf("%s: check passed", name)
+		}
+	}
+}
+
 // TestLineStarts holds that lines are counted as the YAML parser counts them.
 func TestLineStarts(t *testing.T) {
 	got := lineStarts([]byte("\ufeffa\r\nb\rc\nd\u0085e\u2028f\u2029g"))
