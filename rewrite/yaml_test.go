@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"slices"
 	"strings"
@@ -480,7 +481,33 @@ func TestRewriteErrors(t *testing.T) {
 					t.Errorf("error %q does not say %q", err, s)
 				}
 			}
+			if strings.Contains(err.Error(), "a bug") {
+				t.Errorf("error %q blames a bug: the input should have been refused before rewriting", err)
+			}
 		})
+	}
+}
+
+// TestRewriteResolvesOnce holds that each reference through pullgate is resolved once, however it is spelled
+// in the input, and that excluded images are not resolved, not even on pullgate's own registry.
+func TestRewriteResolvesOnce(t *testing.T) {
+	p, err := NewPrefix(testRegistry, []string{testRegistry + "/internal/**"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	calls := map[string]int{}
+	in := "containers:\n- image: nginx:1\n- image: docker.io/library/nginx:1\n- image: index.docker.io/library/nginx:1\n- image: " + testRegistry + "/internal/tool:2\n"
+	got, _, err := rewriteString(t, in, Options{Prefix: p, Resolve: testResolve(calls)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	const pinned = testRegistry + "/docker.io/library/nginx:1"
+	want := map[string]int{pinned: 1}
+	if !maps.Equal(calls, want) {
+		t.Errorf("Resolve calls %v, want %v", calls, want)
+	}
+	if n := strings.Count(got, pinned+"@"+fakeDigest(pinned)); n != 3 || !strings.Contains(got, testRegistry+"/internal/tool:2\n") {
+		t.Errorf("output:\n%s", got)
 	}
 }
 
