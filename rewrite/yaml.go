@@ -11,6 +11,7 @@ import (
 	"strings"
 	"unicode/utf8"
 
+	yaml2 "go.yaml.in/yaml/v2"
 	yaml "gopkg.in/yaml.v3"
 
 	"github.com/pullgate/pullgate/names"
@@ -114,10 +115,11 @@ func (l Limits) rewrite(ctx context.Context, data []byte, o Options) (*rewriter,
 	}
 	// Images first: it refuses what kubectl refuses (alias bombs, mapping keys, invalid references) with the
 	// same errors `pullgate images` gives.
-	if _, err := l.Images(bytes.NewReader(data)); err != nil {
+	before, err := l.Images(bytes.NewReader(data))
+	if err != nil {
 		return nil, nil, err
 	}
-	rw := &rewriter{
+	rw := &rewriter{before: before,
 		ctx: ctx, o: o, src: data, lines: lineStarts(data), maxDepth: l.MaxDepth,
 		done: map[*yaml.Node]bool{}, expanded: map[*yaml.Node]bool{}, secretDone: map[*yaml.Node]bool{},
 		mapped: map[string]string{}, resolved: map[string]string{},
@@ -152,14 +154,22 @@ func (l Limits) check(out []byte, rw *rewriter, o Options) error {
 	if err != nil {
 		return fmt.Errorf("rewriting broke the stream (a bug: please report it): %w", err)
 	}
-	// The images of the input in the order first seen, each as rewritten, each once.
+	// The images Images lists in the input, each as rewritten, each once: an image the walk did not find, or
+	// found where Images sees none, is a difference between the two readings.
 	var want []string
 	seen := map[string]bool{}
-	for _, img := range rw.order {
-		if to := rw.mapped[img]; !seen[to] {
+	for _, img := range rw.before {
+		to, ok := rw.mapped[img]
+		if !ok {
+			return fmt.Errorf("rewriting missed the image %q (a bug: please report it)", cut(img, maxShown))
+		}
+		if !seen[to] {
 			seen[to] = true
 			want = append(want, to)
 		}
+	}
+	if len(rw.before) != len(rw.order) {
+		return fmt.Errorf("rewriting found %d images where Images lists %d (a bug: please report it)", len(rw.order), len(rw.before))
 	}
 	if !slices.Equal(after, want) {
 		return fmt.Errorf("rewriting broke the stream (a bug: please report it): its images are %s, not %s", cut(fmt.Sprintf("%q", after), maxMessage), cut(fmt.Sprintf("%q", want), maxMessage))
@@ -190,6 +200,8 @@ type rewriter struct {
 	// done holds the image scalars already handled; expanded the alias targets already walked (so that an
 	// alias bomb is walked once, not a billion times); secretDone the pod specs already given a pull secret.
 	done, expanded, secretDone map[*yaml.Node]bool
+	// before are the input's images as Images lists them.
+	before []string
 	// mapped is each image as written -> as rewritten; order the images as written, in the order first seen.
 	mapped map[string]string
 	order  []string
@@ -326,6 +338,26 @@ func isStringScalar(n *yaml.Node) bool {
 	return n.Kind == yaml.ScalarNode && n.ShortTag() == "!!str"
 }
 
+// readsAsString reports whether scalar n is a string as Images (and kubectl) read it: yaml.v3 reads YAML 1.2,
+// where a plain "y", "no" or "on" is a string, but Kubernetes reads YAML 1.1, where it is a boolean (and so no
+// image). A plain scalar is asked of the YAML library Images uses.
+func readsAsString(n *yaml.Node) bool {
+	switch {
+	case n.Kind != yaml.ScalarNode:
+		return false
+	case n.Style&yaml.TaggedStyle != 0:
+		return n.ShortTag() == "!!str"
+	case n.Style != 0:
+		return true // quoted, or a block scalar
+	}
+	var v any
+	if err := yaml2.Unmarshal([]byte(n.Value), &v); err != nil {
+		return false
+	}
+	s, ok := v.(string)
+	return ok && s == n.Value
+}
+
 // nodeObjectName is objectName for a mapping's fields.
 func nodeObjectName(fs []nodeField) string {
 	var kind, name string
@@ -364,7 +396,7 @@ func (rw *rewriter) containers(list *yaml.Node) (bool, error) {
 			continue
 		}
 		for _, f := range mappingFields(e) {
-			if f.key.Value != "image" || !isStringScalar(f.key) || !isStringScalar(f.value) {
+			if f.key.Value != "image" || !isStringScalar(f.key) || !readsAsString(f.value) {
 				continue
 			}
 			rw.path = append(rw.path, "["+strconv.Itoa(i)+"]", "image")

@@ -287,6 +287,12 @@ func TestRewrite(t *testing.T) {
 			secret: "s",
 		},
 		{
+			// Kubernetes reads YAML 1.1: a plain y is a boolean, and 0o17 a number: neither is an image.
+			name: "YAML 1.1 scalars",
+			in:   "containers:\n- image: y\n- image: 0o17\n- image: 'y'\n",
+			want: "containers:\n- image: y\n- image: 0o17\n- image: 'pullgate.example.com/docker.io/library/y:latest'\n",
+		},
+		{
 			name: "no images: byte for byte, odd spacing and all",
 			in:   "# c\n---   \n--- !!map\nkind:    ConfigMap   # x\ndata: {a: 'b'}\n...\n---\n",
 			want: "# c\n---   \n--- !!map\nkind:    ConfigMap   # x\ndata: {a: 'b'}\n...\n---\n",
