@@ -81,8 +81,9 @@ type Report struct {
 // Rewrite reads all of r (at most l.MaxBytes) and writes nothing unless the whole stream was rewritten: an
 // error leaves w untouched. Errors are those of Images (a *DocumentError naming the document, the object
 // and the path), Prefix.Image's and Resolve's (wrapping ErrResolve), each in a *DocumentError, and
-// ErrUnsupported. Before writing, the output is checked: Images of it must list exactly the rewritten
-// images, and rewriting it again must change nothing.
+// ErrUnsupported. Before writing, the output is checked: Images of it must list exactly the input's images
+// as rewritten, and rewriting it again must change nothing; a failure of that check is an error that says it
+// is a bug, and nothing is written.
 func (l Limits) Rewrite(ctx context.Context, r io.Reader, w io.Writer, o Options) (Report, error) {
 	l = l.withDefaults()
 	if o.PullSecret != "" && !isSecretName(o.PullSecret) {
