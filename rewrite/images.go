@@ -29,7 +29,7 @@ var (
 	ErrTooDeep = errors.New("document nested too deeply")
 )
 
-// Limits bounds what Images reads. The zero value is the defaults.
+// Limits bounds what Images and Rewrite read. The zero value is the defaults.
 type Limits struct {
 	// MaxBytes is the most input read, in bytes; zero means DefaultMaxBytes. Longer input is refused whole
 	// with an error wrapping ErrTooLarge.

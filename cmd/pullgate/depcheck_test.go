@@ -66,13 +66,14 @@ func TestDependencyDirection(t *testing.T) {
 }
 
 // TestRewriteImports holds rewrite's imports outside the standard library to names and a YAML library
-// (sigs.k8s.io/yaml, or go.yaml.in/yaml/v2 beneath it) or k8s.io/api, so that it can serve a helm post-renderer
-// or an admission webhook without bringing pullgate's serving parts along.
+// (sigs.k8s.io/yaml, or go.yaml.in/yaml/v2 beneath it, and gopkg.in/yaml.v3 for its Node API) or k8s.io/api,
+// so that it can serve a helm post-renderer or an admission webhook without bringing pullgate's serving parts
+// along.
 func TestRewriteImports(t *testing.T) {
 	if _, err := exec.LookPath("go"); err != nil {
 		t.Skip("the go command is not on PATH")
 	}
-	allowed := []string{"github.com/pullgate/pullgate/names", "sigs.k8s.io/yaml", "go.yaml.in/yaml/v2", "k8s.io/api"}
+	allowed := []string{"github.com/pullgate/pullgate/names", "sigs.k8s.io/yaml", "go.yaml.in/yaml/v2", "gopkg.in/yaml.v3", "k8s.io/api"}
 	out, err := exec.Command("go", "list", "-f", "{{.Imports}}", "github.com/pullgate/pullgate/rewrite").Output()
 	if err != nil {
 		t.Fatalf("go list rewrite: %v", err)

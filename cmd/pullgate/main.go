@@ -39,6 +39,8 @@ commands:
   robot    manage robot accounts: create, list, rotate, delete, disable, enable (pullgate robot -h)
   token    rotate-key [--keep N]: make a new signing key for the token service (a running pullgate uses it
            within seconds); the N newest keys are kept, so that tokens signed before stay valid until they expire
+  rewrite  rewrite the images in Kubernetes YAML or JSON to pull through pullgate; a helm post-renderer
+           (pullgate rewrite -h)
   images   list the container images in Kubernetes YAML or JSON files, or standard input (pullgate images -h)
   scan     pull images' manifests through a running pullgate and report its verdicts; exit status 1 unless
            every manifest passed (pullgate scan -h)
@@ -80,6 +82,9 @@ func run(args []string, env map[string]string, stdout, stderr io.Writer) int {
 	}
 	if len(args) > 0 && args[0] == "images" {
 		return runImages(args[1:], os.Stdin, stdout, stderr)
+	}
+	if len(args) > 0 && args[0] == "rewrite" {
+		return runRewrite(args[1:], env, os.Stdin, stdout, stderr, rewriteOptions{})
 	}
 	if len(args) > 0 && args[0] == "scan" {
 		return runScan(args[1:], env, os.Stdin, stdout, stderr, scanOptions{})
