@@ -51,6 +51,8 @@ commands:
   purge    remove images, repositories, an upstream's content or what was not used for a while; a dry run
            unless --yes (pullgate purge -h)
   status   say how much of each image the cache holds (pullgate status -h)
+  webhook  serve the Kubernetes admission webhook for Pods: rewrite images to come through pullgate
+           (/mutate) and deny those that do not (/validate) (pullgate webhook -h)
 `
 
 func main() {
@@ -100,6 +102,11 @@ func run(args []string, env map[string]string, stdout, stderr io.Writer) int {
 	}
 	if len(args) > 0 && args[0] == "status" {
 		return runStatus(args[1:], env, stdout, stderr)
+	}
+	if len(args) > 0 && args[0] == "webhook" {
+		ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+		defer stop()
+		return runWebhook(ctx, args[1:], stdout, stderr, webhookOptions{})
 	}
 	if len(args) != 1 {
 		fmt.Fprint(stderr, usage)
