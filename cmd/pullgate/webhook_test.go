@@ -10,7 +10,9 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -18,10 +20,13 @@ import (
 
 	jsonpatch "github.com/evanphx/json-patch/v5"
 	admissionv1 "k8s.io/api/admission/v1"
+	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
+	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
+	"sigs.k8s.io/yaml"
 
 	"github.com/pullgate/pullgate/certs"
 )
@@ -61,7 +66,18 @@ func startWebhook(t *testing.T, extra ...string) *runningWebhook {
 	if err != nil {
 		t.Fatal(err)
 	}
-	pemCA, err := os.ReadFile(local.CAFile)
+	args := append([]string{"--registry", "pullgate.example.com", "--addr", "127.0.0.1:0",
+		"--tls-cert", local.CertFile, "--tls-key", local.KeyFile}, extra...)
+	w := startWebhookWith(t, args, local.CAFile, "pullgate-webhook.pullgate.svc")
+	w.tlsDir = dir
+	return w
+}
+
+// startWebhookWith runs `pullgate webhook` with args; its client trusts caFile and checks serverName, as the
+// API server checks a webhook Service's name against the caBundle.
+func startWebhookWith(t *testing.T, args []string, caFile, serverName string) *runningWebhook {
+	t.Helper()
+	pemCA, err := os.ReadFile(caFile)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -69,8 +85,6 @@ func startWebhook(t *testing.T, extra ...string) *runningWebhook {
 	if !pool.AppendCertsFromPEM(pemCA) {
 		t.Fatal("no CA")
 	}
-	args := append([]string{"--registry", "pullgate.example.com", "--addr", "127.0.0.1:0",
-		"--tls-cert", local.CertFile, "--tls-key", local.KeyFile}, extra...)
 	ctx, cancel := context.WithCancel(context.Background())
 	ready := make(chan net.Addr, 1)
 	done := make(chan int, 1)
@@ -105,10 +119,41 @@ func startWebhook(t *testing.T, extra ...string) *runningWebhook {
 			stop()
 		}
 	})
-	tr := &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, ServerName: "pullgate-webhook.pullgate.svc"}, ForceAttemptHTTP2: true}
+	tr := &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, ServerName: serverName}, ForceAttemptHTTP2: true}
 	t.Cleanup(tr.CloseIdleConnections)
 	return &runningWebhook{addr: addr.String(), client: &http.Client{Transport: tr, Timeout: 10 * time.Second},
-		caPool: pool, tlsDir: dir, stdout: stdout, stop: stop}
+		caPool: pool, stdout: stdout, stop: stop}
+}
+
+// review posts a CREATE review of p to path and returns the response.
+func (w *runningWebhook) review(t *testing.T, path string, p *corev1.Pod) *admissionv1.AdmissionResponse {
+	t.Helper()
+	raw, err := json.Marshal(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, err := json.Marshal(admissionv1.AdmissionReview{
+		TypeMeta: metav1.TypeMeta{APIVersion: "admission.k8s.io/v1", Kind: "AdmissionReview"},
+		Request: &admissionv1.AdmissionRequest{
+			UID: "uid-review", Kind: metav1.GroupVersionKind{Version: "v1", Kind: "Pod"},
+			Resource:  metav1.GroupVersionResource{Version: "v1", Resource: "pods"},
+			Namespace: "shop", Operation: admissionv1.Create, Object: runtime.RawExtension{Raw: raw},
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := w.client.Post("https://"+w.addr+path, "application/json", bytes.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	var out admissionv1.AdmissionReview
+	if resp.StatusCode != http.StatusOK || json.Unmarshal(b, &out) != nil || out.Response == nil || out.Response.UID != "uid-review" {
+		t.Fatalf("POST %s: %d %s", path, resp.StatusCode, b)
+	}
+	return out.Response
 }
 
 // TestWebhookCommand drives `pullgate webhook` as the API server does: an AdmissionReview v1 over TLS, the
@@ -272,6 +317,196 @@ func TestWebhookFlags(t *testing.T) {
 			}
 			if !strings.Contains(stderr.String(), tc.want) {
 				t.Fatalf("stderr %q lacks %q", stderr.String(), tc.want)
+			}
+		})
+	}
+}
+
+// readmeBlocks returns the fenced sh blocks of docs/readme-webhook.md.
+func readmeBlocks(t *testing.T) []string {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join("..", "..", "docs", "readme-webhook.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var blocks []string
+	for _, part := range strings.Split(string(b), "```sh\n")[1:] {
+		body, _, ok := strings.Cut(part, "```")
+		if !ok {
+			t.Fatal("unclosed code block in docs/readme-webhook.md")
+		}
+		blocks = append(blocks, body)
+	}
+	return blocks
+}
+
+// heredocs returns the YAML documents the blocks apply with kubectl apply -f - <<EOF, variables substituted.
+func heredocs(t *testing.T, blocks []string, vars map[string]string) []string {
+	t.Helper()
+	var docs []string
+	for _, b := range blocks {
+		for _, part := range strings.Split(b, "<<EOF\n")[1:] {
+			body, _, ok := strings.Cut(part, "\nEOF\n")
+			if !ok {
+				t.Fatal("unterminated heredoc")
+			}
+			for k, v := range vars {
+				body = strings.ReplaceAll(body, "$"+k, v)
+			}
+			if strings.Contains(body, "$") {
+				t.Fatalf("unsubstituted variable in\n%s", body)
+			}
+			docs = append(docs, strings.Split(body, "\n---\n")...)
+		}
+	}
+	return docs
+}
+
+// TestWebhookReadme holds docs/readme-webhook.md to the code: its certificate recipe (run with openssl) makes a
+// key pair that the command serves and that a client checking the Service's name against the CA accepts, as the
+// API server does; its manifests decode strictly into k8s.io/api types; the Deployment's args are flags the
+// command takes; the configurations' paths are the ones it serves, with the labels, policies and rules that the
+// README's text promises.
+func TestWebhookReadme(t *testing.T) {
+	blocks := readmeBlocks(t)
+	if len(blocks) < 4 {
+		t.Fatalf("%d sh blocks in the README section; want the certificate, deployment, configuration and label ones", len(blocks))
+	}
+	dir := t.TempDir()
+	certFile, keyFile, caFile := filepath.Join(dir, "tls.crt"), filepath.Join(dir, "tls.key"), filepath.Join(dir, "ca.crt")
+	if _, err := exec.LookPath("openssl"); err != nil {
+		t.Log("openssl is not on PATH: using a local CA instead of the README's recipe")
+		local, err := certs.EnsureLocal(dir, []string{"pullgate-webhook.pullgate.svc"}, time.Now())
+		if err != nil {
+			t.Fatal(err)
+		}
+		certFile, keyFile, caFile = local.CertFile, local.KeyFile, local.CAFile
+	} else {
+		var script []string
+		for _, line := range strings.Split(blocks[0], "\n") {
+			if !strings.HasPrefix(line, "kubectl") {
+				script = append(script, line)
+			}
+		}
+		cmd := exec.Command("sh", "-e", "-c", strings.Join(script, "\n"))
+		cmd.Dir = dir
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("the README's certificate recipe: %v\n%s", err, out)
+		}
+	}
+
+	var (
+		mutating   admissionregistrationv1.MutatingWebhookConfiguration
+		validating admissionregistrationv1.ValidatingWebhookConfiguration
+		deploy     appsv1.Deployment
+		svc        corev1.Service
+	)
+	for _, doc := range heredocs(t, blocks, map[string]string{"IMAGE": "pullgate.example.com/pullgate/pullgate:1", "CA_BUNDLE": "Y2E="}) {
+		var meta metav1.TypeMeta
+		if err := yaml.Unmarshal([]byte(doc), &meta); err != nil {
+			t.Fatalf("%v\n%s", err, doc)
+		}
+		var into any
+		switch meta.Kind {
+		case "MutatingWebhookConfiguration":
+			into = &mutating
+		case "ValidatingWebhookConfiguration":
+			into = &validating
+		case "Deployment":
+			into = &deploy
+		case "Service":
+			into = &svc
+		default:
+			t.Fatalf("unexpected kind %q in the README", meta.Kind)
+		}
+		if err := yaml.UnmarshalStrict([]byte(doc), into); err != nil {
+			t.Fatalf("%s: %v\n%s", meta.Kind, err, doc)
+		}
+	}
+	if len(mutating.Webhooks) != 1 || len(validating.Webhooks) != 1 || len(deploy.Spec.Template.Spec.Containers) != 1 || len(svc.Spec.Ports) != 1 {
+		t.Fatal("the README lacks a configuration, the Deployment or the Service")
+	}
+
+	// The Deployment's args, with the Secret's mount replaced by the files made above, run the command.
+	c := deploy.Spec.Template.Spec.Containers[0]
+	if c.Args[0] != "webhook" {
+		t.Fatalf("args %q do not start with the webhook command", c.Args)
+	}
+	var args []string
+	for _, a := range c.Args[1:] {
+		a = strings.NewReplacer("/tls/tls.crt", certFile, "/tls/tls.key", keyFile, ":8443", "127.0.0.1:0").Replace(a)
+		args = append(args, a)
+	}
+	if c.Ports[0].ContainerPort != 8443 || svc.Spec.Ports[0].Port != 443 || svc.Spec.Ports[0].TargetPort.String() != c.Ports[0].Name {
+		t.Errorf("ports: container %d %q, Service %d -> %s; want 8443, Service 443 -> the container's port",
+			c.Ports[0].ContainerPort, c.Ports[0].Name, svc.Spec.Ports[0].Port, svc.Spec.Ports[0].TargetPort.String())
+	}
+	w := startWebhookWith(t, args, caFile, svc.Name+"."+svc.Namespace+".svc")
+
+	type hook struct {
+		name, label   string
+		client        admissionregistrationv1.WebhookClientConfig
+		failure       *admissionregistrationv1.FailurePolicyType
+		sideEffects   *admissionregistrationv1.SideEffectClass
+		versions      []string
+		selector      *metav1.LabelSelector
+		rules         []admissionregistrationv1.RuleWithOperations
+		wantFailure   admissionregistrationv1.FailurePolicyType
+		wantPath      string
+		wantAllowedOf bool // what the path answers for a Pod with nginx:1.25
+	}
+	m, v := mutating.Webhooks[0], validating.Webhooks[0]
+	if m.ReinvocationPolicy == nil || *m.ReinvocationPolicy != admissionregistrationv1.IfNeededReinvocationPolicy {
+		t.Error("the mutating webhook is not reinvoked when another one adds a container")
+	}
+	for _, h := range []hook{
+		{m.Name, "pullgate.dev/rewrite", m.ClientConfig, m.FailurePolicy, m.SideEffects, m.AdmissionReviewVersions, m.NamespaceSelector, m.Rules, admissionregistrationv1.Ignore, "/mutate", true},
+		{v.Name, "pullgate.dev/enforce", v.ClientConfig, v.FailurePolicy, v.SideEffects, v.AdmissionReviewVersions, v.NamespaceSelector, v.Rules, admissionregistrationv1.Fail, "/validate", false},
+	} {
+		t.Run(h.name, func(t *testing.T) {
+			if h.failure == nil || *h.failure != h.wantFailure {
+				t.Errorf("failurePolicy %v; want %s", h.failure, h.wantFailure)
+			}
+			if h.sideEffects == nil || *h.sideEffects != admissionregistrationv1.SideEffectClassNone {
+				t.Errorf("sideEffects %v; want None (dry runs are answered as any other)", h.sideEffects)
+			}
+			if len(h.versions) != 1 || h.versions[0] != "v1" {
+				t.Errorf("admissionReviewVersions %q; want [v1]", h.versions)
+			}
+			s := h.client.Service
+			if s == nil || s.Path == nil || *s.Path != h.wantPath || s.Name != svc.Name || s.Namespace != svc.Namespace ||
+				s.Port == nil || *s.Port != svc.Spec.Ports[0].Port {
+				t.Fatalf("clientConfig.service %+v; want %s on the Service %s/%s port %d", s, h.wantPath, svc.Namespace, svc.Name, svc.Spec.Ports[0].Port)
+			}
+			if h.selector == nil || h.selector.MatchLabels[h.label] != "enabled" {
+				t.Errorf("namespaceSelector %+v; want the opt-in label %s: enabled", h.selector, h.label)
+			}
+			excludesOwn := false
+			for _, e := range h.selector.MatchExpressions {
+				if e.Key == "kubernetes.io/metadata.name" && e.Operator == metav1.LabelSelectorOpNotIn && slices.Contains(e.Values, svc.Namespace) {
+					excludesOwn = true
+				}
+			}
+			if !excludesOwn {
+				t.Errorf("namespaceSelector does not exclude pullgate's own namespace %q", svc.Namespace)
+			}
+			want := map[string]admissionregistrationv1.OperationType{"pods": admissionregistrationv1.Create, "pods/ephemeralcontainers": admissionregistrationv1.Update}
+			for _, r := range h.rules {
+				for _, res := range r.Resources {
+					if op, ok := want[res]; ok && slices.Contains(r.Operations, op) && slices.Equal(r.APIGroups, []string{""}) {
+						delete(want, res)
+					}
+				}
+			}
+			if len(want) > 0 {
+				t.Errorf("rules %+v miss %v", h.rules, want)
+			}
+			// The path is served, and does what the configuration is for.
+			p := corev1.Pod{TypeMeta: metav1.TypeMeta{APIVersion: "v1", Kind: "Pod"},
+				Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "web", Image: "nginx:1.25"}}}}
+			resp := w.review(t, *s.Path, &p)
+			if resp.Allowed != h.wantAllowedOf || (h.wantPath == "/mutate") != (resp.Patch != nil) {
+				t.Errorf("%s answered allowed %v patch %s", *s.Path, resp.Allowed, resp.Patch)
 			}
 		})
 	}
