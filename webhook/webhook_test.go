@@ -490,10 +490,13 @@ func TestNotJudged(t *testing.T) {
 	binding := reviewOf(t, "uid-binding", pod([]string{"nginx"}, nil, nil), nil, false)
 	binding.Request.Kind, binding.Request.SubResource = metav1.GroupVersionKind{Version: "v1", Kind: "Binding"}, "binding"
 	binding.Request.Object.Raw = []byte(`{"apiVersion":"v1","kind":"Binding","target":{"name":"node1"}}`)
+	// A custom resource called Pod, shaped like one, is not a Pod.
+	other := reviewOf(t, "uid-other", pod([]string{"nginx"}, nil, nil), nil, false)
+	other.Request.Kind = metav1.GroupVersionKind{Group: "example.com", Version: "v1", Kind: "Pod"}
 	for _, tc := range []struct {
 		name   string
 		review *admissionv1.AdmissionReview
-	}{{"Deployment", deploy}, {"DELETE", del}, {"pods/binding", binding}} {
+	}{{"Deployment", deploy}, {"DELETE", del}, {"pods/binding", binding}, {"example.com Pod", other}} {
 		for _, path := range []string{"/mutate", "/validate"} {
 			t.Run(tc.name+path, func(t *testing.T) {
 				resp := s.send(t, path, tc.review)
@@ -615,5 +618,25 @@ func TestNewRefuses(t *testing.T) {
 	}
 	if _, err := webhook.New(webhook.Options{Images: p, PullSecret: "pullgate.pull-1"}); err != nil {
 		t.Fatalf("a valid secret name: %v", err)
+	}
+}
+
+func TestMutateWarningsAreBounded(t *testing.T) {
+	var many []string
+	for i := range 12 {
+		many = append(many, "localhost:5000/app"+strings.Repeat("x", 300)+string(rune('a'+i)))
+	}
+	s := newServer(t, "", 0)
+	resp := s.send(t, "/mutate", reviewOf(t, "uid", pod(many, nil, nil), nil, false))
+	if !resp.Allowed || resp.Patch != nil {
+		t.Fatalf("allowed %v patch %s; want allowed, unchanged", resp.Allowed, resp.Patch)
+	}
+	if len(resp.Warnings) != 11 || !strings.Contains(resp.Warnings[10], "and 2 more") {
+		t.Fatalf("%d warnings, the last %q; want 10 and a count of the rest", len(resp.Warnings), resp.Warnings[len(resp.Warnings)-1])
+	}
+	for _, w := range resp.Warnings {
+		if len(w) > 256 {
+			t.Fatalf("a warning of %d bytes: %q", len(w), w)
+		}
 	}
 }
