@@ -16,8 +16,8 @@ require (
 	golang.org/x/sync v0.25.0
 	golang.org/x/term v0.48.0
 	google.golang.org/grpc v1.79.3
-	k8s.io/api v0.35.0
-	k8s.io/apimachinery v0.35.0
+	k8s.io/api v0.35.10
+	k8s.io/apimachinery v0.35.10
 	k8s.io/cri-api v0.35.10
 	sigs.k8s.io/yaml v1.6.0
 )
