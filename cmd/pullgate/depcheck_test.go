@@ -11,8 +11,8 @@ import (
 // cache and upstream never import each other or proxy, cache does not speak HTTP, upstream does not know badger,
 // identity knows neither the cache nor how upstreams are reached (it asks through an interface), names (the
 // OCI grammar) depends on none of them, gate decides through interfaces (its verdict store, signature source and
-// token minter are others'), and rewrite (image references in Kubernetes YAML) knows nothing of
-// serving (TestRewriteImports holds the rest of its list).
+// token minter are others'), rewrite (image references in Kubernetes YAML) knows nothing of serving
+// (TestRewriteImports holds the rest of its list), and webhook (admission reviews) knows nothing of pulling.
 func TestDependencyDirection(t *testing.T) {
 	if _, err := exec.LookPath("go"); err != nil {
 		t.Skip("the go command is not on PATH")
@@ -45,6 +45,9 @@ func TestDependencyDirection(t *testing.T) {
 		{"watch", []string{mod + "proxy", mod + "cache", mod + "upstream", mod + "identity", mod + "gate", mod + "metrics", mod + "names"}, []string{"net/http"}},
 		// lifecycle moves images between the cache and OCI layouts, and plans pins and purges: no HTTP, no upstreams.
 		{"lifecycle", []string{mod + "proxy", mod + "upstream", mod + "identity", mod + "gate", mod + "metrics", mod + "cmd/pullgate"}, []string{"net/http"}},
+		// webhook speaks admission (k8s.io/api) and applies rewrite's rule: it serves HTTP, but knows nothing of
+		// pulling, caching, credentials or the gate.
+		{"webhook", []string{mod + "proxy", mod + "cache", mod + "upstream", mod + "identity", mod + "gate", mod + "lifecycle", mod + "certs", mod + "cmd/pullgate", "github.com/dgraph-io/badger/v4"}, nil},
 		{"rewrite", []string{mod + "proxy", mod + "cache", mod + "upstream", mod + "identity", mod + "gate", mod + "metrics", mod + "certs", mod + "cmd/pullgate", "github.com/dgraph-io/badger/v4"}, []string{"net/http"}},
 	}
 	for _, tt := range tests {

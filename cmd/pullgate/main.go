@@ -53,10 +53,14 @@ commands:
   purge    remove images, repositories, an upstream's content or what was not used for a while; a dry run
            unless --yes (pullgate purge -h)
   status   say how much of each image the cache holds (pullgate status -h)
-  hosts-toml       write containerd certs.d hosts.toml files that send registries' pulls to pullgate only
-                   (pullgate hosts-toml -h)
-  registries-conf  write a registries.conf drop-in that sends CRI-O's and podman's pulls to pullgate only
-                   (pullgate registries-conf -h)
+  webhook  serve the Kubernetes admission webhook for Pods: rewrite images to come through pullgate
+           (/mutate) and deny those that do not (/validate) (pullgate webhook -h)
+  hosts-toml
+           write containerd certs.d hosts.toml files that send registries' pulls to pullgate only
+           (pullgate hosts-toml -h)
+  registries-conf
+           write a registries.conf drop-in that sends CRI-O's and podman's pulls to pullgate only
+           (pullgate registries-conf -h)
 `
 
 func main() {
@@ -115,6 +119,11 @@ func run(args []string, env map[string]string, stdout, stderr io.Writer) int {
 	}
 	if len(args) > 0 && args[0] == "registries-conf" {
 		return runRegistriesConf(args[1:], stdout, stderr)
+	}
+	if len(args) > 0 && args[0] == "webhook" {
+		ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+		defer stop()
+		return runWebhook(ctx, args[1:], stdout, stderr, webhookOptions{})
 	}
 	if len(args) != 1 {
 		fmt.Fprint(stderr, usage)
