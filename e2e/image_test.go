@@ -487,3 +487,85 @@ func fileSHA256(t *testing.T, file string) string {
 	}
 	return hex.EncodeToString(h.Sum(nil))
 }
+
+// dockerfileStages reads a Dockerfile into its stages, by name (the FROM line's AS, else its index), each a list
+// of instructions with continuation lines joined and comments left out; it also returns the names in order.
+func dockerfileStages(t *testing.T, file string) (map[string][]string, []string) {
+	t.Helper()
+	b, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stages := map[string][]string{}
+	var order []string
+	var cur, pending string
+	for _, line := range strings.Split(string(b), "\n") {
+		trimmed := strings.TrimSpace(line)
+		if pending == "" && (trimmed == "" || strings.HasPrefix(trimmed, "#")) {
+			continue
+		}
+		if strings.HasSuffix(trimmed, `\`) {
+			pending += strings.TrimSuffix(trimmed, `\`) + " "
+			continue
+		}
+		ins := strings.Join(strings.Fields(pending+trimmed), " ")
+		pending = ""
+		if f := strings.Fields(ins); strings.EqualFold(f[0], "FROM") {
+			cur = fmt.Sprint(len(order))
+			if len(f) == 4 && strings.EqualFold(f[2], "AS") {
+				cur = f[3]
+			}
+			order = append(order, cur)
+		}
+		if cur != "" {
+			stages[cur] = append(stages[cur], ins)
+		}
+	}
+	return stages, order
+}
+
+// TestDockerfileTargets checks the Dockerfile's promises that TestImage cannot run here (it builds only the
+// prebuilt target: the golang image cannot be pulled): the default target is the image built from source,
+// statically; and it is the prebuilt target instruction for instruction, but for where /pullgate and the CA
+// bundle come from. So what TestImage proves of the one holds for the other.
+func TestDockerfileTargets(t *testing.T) {
+	root, err := ModuleRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stages, order := dockerfileStages(t, filepath.Join(root, "Dockerfile"))
+	if len(order) == 0 || order[len(order)-1] != "image" {
+		t.Fatalf("stages %q: the last one (what `docker build .` builds) must be \"image\"", order)
+	}
+	build := strings.Join(stages["build"], "\n")
+	for _, want := range []string{"FROM golang:1.26-bookworm AS build", "RUN go mod download",
+		`RUN CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o /out/pullgate ./cmd/pullgate`} {
+		if !strings.Contains(build, want) {
+			t.Errorf("the build stage lacks %q:\n%s", want, build)
+		}
+	}
+	if i, j := strings.Index(build, "go mod download"), strings.Index(build, "COPY . ."); i < 0 || j < i {
+		t.Errorf("the build stage copies the sources before it downloads the modules: the download is not a cached layer")
+	}
+	pre, img := stages["prebuilt"], stages["image"]
+	if len(pre) != len(img) {
+		t.Fatalf("the prebuilt target has %d instructions, the image %d:\n%s\n--\n%s", len(pre), len(img),
+			strings.Join(pre, "\n"), strings.Join(img, "\n"))
+	}
+	fromStage := regexp.MustCompile(`^COPY --from=build (\S+) (\S+)$`)
+	fromContext := regexp.MustCompile(`^COPY (dist/\S+) (\S+)$`)
+	for i := 1; i < len(pre); i++ {
+		if pre[i] == img[i] {
+			continue
+		}
+		p, m := fromContext.FindStringSubmatch(pre[i]), fromStage.FindStringSubmatch(img[i])
+		if p == nil || m == nil || p[2] != m[2] {
+			t.Errorf("instruction %d differs between the targets beyond where a file comes from:\n  prebuilt: %s\n  image:    %s", i, pre[i], img[i])
+		}
+	}
+	for _, s := range []string{"prebuilt", "image"} {
+		if got := stages[s][0]; got != "FROM scratch AS "+s {
+			t.Errorf("target %s starts with %q, want an empty base", s, got)
+		}
+	}
+}
