@@ -109,8 +109,9 @@ func TestImage(t *testing.T) {
 	t.Logf("containerd pull through pullgate: %v", time.Since(pulled).Round(100*time.Millisecond))
 	checkServedByPullgate(t, e, img)
 
-	// Run: as the image says (its user, entrypoint and command), on the host's network, with a data directory
-	// the image's user owns mounted at the image's data directory.
+	// Run: as the image says (its user, entrypoint and command), on the host's network, with a read-only root
+	// file system (as the deploy manifests run it) and a data directory the image's user owns mounted at the
+	// image's data directory.
 	dataDir := filepath.Join(t.TempDir(), "data")
 	if err := os.Mkdir(dataDir, 0o700); err != nil {
 		t.Fatal(err)
@@ -135,7 +136,7 @@ func TestImage(t *testing.T) {
 	})
 	logDir := t.TempDir()
 	run, err := StartProc(ProcSpec{Name: "ctr-run", Path: ctr, LogDir: logDir, Args: []string{
-		"--address", sock, "--namespace", "e2e", "run", "--rm", "--net-host", "--snapshotter", "native",
+		"--address", sock, "--namespace", "e2e", "run", "--rm", "--net-host", "--read-only", "--snapshotter", "native",
 		"--mount", "type=bind,src=" + dataDir + ",dst=/var/lib/pullgate,options=rbind:rw",
 		"--env", "PULLGATE_ADDR=" + addr, "--env", "PULLGATE_METRICS_ADDR=" + metricsAddr,
 		ref, id}})
