@@ -10,8 +10,9 @@
 #   buildah --storage-driver vfs bud --isolation chroot --target prebuilt -t pullgate .
 #
 # The two final stages differ only in where /pullgate and the CA bundle come from (TestDockerfileTargets
-# checks that). Both create the data directory with WORKDIR after USER, so that it belongs to 65532 while /var
-# and /var/lib stay root's: a scratch image has no shell to chown with.
+# checks that). A scratch stage has no shell to chown with: the data directory, owned by 65532, comes from
+# build/image/data-dir.tar, which ADD unpacks with the owners and modes it records (TestDockerfileTargets
+# checks them too). --chmod keeps a checkout's umask out of the image's modes.
 
 ARG VERSION=dev
 ARG REVISION=unknown
@@ -29,10 +30,10 @@ RUN CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o /out/pullgate ./cmd/pul
 FROM scratch AS prebuilt
 ARG VERSION
 ARG REVISION
-COPY build/image/passwd build/image/group /etc/
-COPY dist/ca-certificates.crt /etc/ssl/certs/ca-certificates.crt
-COPY dist/pullgate /pullgate
-WORKDIR /var/lib
+COPY --chmod=0644 build/image/passwd build/image/group /etc/
+COPY --chmod=0644 dist/ca-certificates.crt /etc/ssl/certs/ca-certificates.crt
+COPY --chmod=0755 dist/pullgate /pullgate
+ADD build/image/data-dir.tar /
 USER 65532:65532
 WORKDIR /var/lib/pullgate
 VOLUME /var/lib/pullgate
@@ -50,10 +51,10 @@ CMD ["serve"]
 FROM scratch AS image
 ARG VERSION
 ARG REVISION
-COPY build/image/passwd build/image/group /etc/
-COPY --from=build /etc/ssl/certs/ca-certificates.crt /etc/ssl/certs/ca-certificates.crt
-COPY --from=build /out/pullgate /pullgate
-WORKDIR /var/lib
+COPY --chmod=0644 build/image/passwd build/image/group /etc/
+COPY --chmod=0644 --from=build /etc/ssl/certs/ca-certificates.crt /etc/ssl/certs/ca-certificates.crt
+COPY --chmod=0755 --from=build /out/pullgate /pullgate
+ADD build/image/data-dir.tar /
 USER 65532:65532
 WORKDIR /var/lib/pullgate
 VOLUME /var/lib/pullgate

@@ -65,22 +65,21 @@ func TestImage(t *testing.T) {
 
 	checkStatic(t, bin)
 
-	// Build: the prebuilt target from a context of the binary, the host's CA bundle and the image's /etc files.
+	// Build: the prebuilt target from a context of the binary, the host's CA bundle and build/image's files, all
+	// group-writable, as a checkout under umask 002 has them: the image's modes must not depend on that.
 	contextDir := t.TempDir()
-	copyFile(t, bin, filepath.Join(contextDir, "dist", "pullgate"), 0o755)
-	copyFile(t, "/etc/ssl/certs/ca-certificates.crt", filepath.Join(contextDir, "dist", "ca-certificates.crt"), 0o644)
-	for _, f := range []string{"passwd", "group"} {
-		copyFile(t, filepath.Join(root, "build", "image", f), filepath.Join(contextDir, "build", "image", f), 0o644)
+	copyFile(t, bin, filepath.Join(contextDir, "dist", "pullgate"), 0o775)
+	copyFile(t, "/etc/ssl/certs/ca-certificates.crt", filepath.Join(contextDir, "dist", "ca-certificates.crt"), 0o664)
+	for _, f := range []string{"passwd", "group", "data-dir.tar"} {
+		copyFile(t, filepath.Join(root, "build", "image", f), filepath.Join(contextDir, "build", "image", f), 0o664)
 	}
 	storage := t.TempDir()
-	bah := func(args ...string) string {
+	bah := func(args ...string) {
 		t.Helper()
 		global := []string{"--root", filepath.Join(storage, "root"), "--runroot", filepath.Join(storage, "run"), "--storage-driver", "vfs"}
-		out, err := Run(ctx, time.Minute, []string{"BUILDAH_ISOLATION=chroot"}, buildah, append(global, args...)...)
-		if err != nil {
+		if _, err := Run(ctx, time.Minute, nil, buildah, append(global, args...)...); err != nil {
 			t.Fatal(err)
 		}
-		return out
 	}
 	built := time.Now()
 	bah("bud", "--isolation", "chroot", "--target", "prebuilt", "--quiet", "-f", filepath.Join(root, "Dockerfile"),
@@ -472,6 +471,9 @@ func copyFile(t *testing.T, src, dst string, mode os.FileMode) {
 	if err := out.Close(); err != nil {
 		t.Fatal(err)
 	}
+	if err := os.Chmod(dst, mode); err != nil { // the umask took bits off at the create
+		t.Fatal(err)
+	}
 }
 
 // fileSHA256 is the hex sha256 of file's content.
@@ -553,14 +555,15 @@ func TestDockerfileTargets(t *testing.T) {
 		t.Fatalf("the prebuilt target has %d instructions, the image %d:\n%s\n--\n%s", len(pre), len(img),
 			strings.Join(pre, "\n"), strings.Join(img, "\n"))
 	}
-	fromStage := regexp.MustCompile(`^COPY --from=build (\S+) (\S+)$`)
-	fromContext := regexp.MustCompile(`^COPY (dist/\S+) (\S+)$`)
+	// A COPY may differ only in its source: --from=build and a path in that stage, or a path under dist/.
+	copyLine := regexp.MustCompile(`^COPY ((?:--[a-z]+=\S+ )*)(\S+) (\S+)$`)
 	for i := 1; i < len(pre); i++ {
 		if pre[i] == img[i] {
 			continue
 		}
-		p, m := fromContext.FindStringSubmatch(pre[i]), fromStage.FindStringSubmatch(img[i])
-		if p == nil || m == nil || p[2] != m[2] {
+		p, m := copyLine.FindStringSubmatch(pre[i]), copyLine.FindStringSubmatch(img[i])
+		if p == nil || m == nil || p[3] != m[3] || !strings.HasPrefix(p[2], "dist/") ||
+			!strings.Contains(" "+m[1], " --from=build ") || strings.Replace(" "+m[1], " --from=build ", " ", 1) != " "+p[1] {
 			t.Errorf("instruction %d differs between the targets beyond where a file comes from:\n  prebuilt: %s\n  image:    %s", i, pre[i], img[i])
 		}
 	}
@@ -568,5 +571,28 @@ func TestDockerfileTargets(t *testing.T) {
 		if got := stages[s][0]; got != "FROM scratch AS "+s {
 			t.Errorf("target %s starts with %q, want an empty base", s, got)
 		}
+	}
+
+	// The data directory's archive: /var and /var/lib root's, /var/lib/pullgate the image user's, and nothing else.
+	f, err := os.Open(filepath.Join(root, "build", "image", "data-dir.tar"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	var got []string
+	tr := tar.NewReader(f)
+	for {
+		h, err := tr.Next()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			t.Fatalf("build/image/data-dir.tar: %v", err)
+		}
+		got = append(got, fmt.Sprintf("%s %c %o %d:%d", strings.TrimSuffix(h.Name, "/"), h.Typeflag, h.Mode, h.Uid, h.Gid))
+	}
+	want := []string{"var 5 755 0:0", "var/lib 5 755 0:0", fmt.Sprintf("var/lib/pullgate 5 700 %d:%d", imageUID, imageUID)}
+	if !slices.Equal(got, want) {
+		t.Errorf("build/image/data-dir.tar holds %q, want %q", got, want)
 	}
 }
