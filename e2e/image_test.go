@@ -82,7 +82,7 @@ func TestImage(t *testing.T) {
 		}
 	}
 	built := time.Now()
-	bah("bud", "--isolation", "chroot", "--target", "prebuilt", "--quiet", "-f", filepath.Join(root, "Dockerfile"),
+	bah("bud", "--isolation", "chroot", "--layers", "--target", "prebuilt", "--quiet", "-f", filepath.Join(root, "Dockerfile"),
 		"-t", "localhost/pullgate:test", contextDir)
 	certDir := t.TempDir()
 	copyFile(t, e.caFile(), filepath.Join(certDir, "ca.crt"), 0o644)
