@@ -14,11 +14,14 @@ import (
 	"time"
 )
 
-// BuildPullgate builds ./cmd/pullgate of the module at root into dir and returns the binary's path.
+// BuildPullgate builds ./cmd/pullgate of the module at root into dir and returns the binary's path. It builds it
+// as the Dockerfile does (CGO_ENABLED=0, -trimpath, -ldflags "-s -w": a static binary for an empty base image),
+// so that the end-to-end tests run the binary the container image ships.
 func BuildPullgate(ctx context.Context, root, dir string) (string, error) {
 	bin := filepath.Join(dir, "pullgate")
-	cmd := exec.CommandContext(ctx, "go", "build", "-o", bin, "./cmd/pullgate")
+	cmd := exec.CommandContext(ctx, "go", "build", "-trimpath", "-ldflags", "-s -w", "-o", bin, "./cmd/pullgate")
 	cmd.Dir = root
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 	out, err := cmd.CombinedOutput()
 	if err != nil {
 		return "", fmt.Errorf("go build ./cmd/pullgate: %w\n%s", err, out)
