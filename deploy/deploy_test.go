@@ -686,15 +686,27 @@ type source struct{ kind, namespace, name string }
 
 func (s source) String() string { return s.kind + " " + s.namespace + "/" + s.name }
 
-// documentedSources reads the Secrets and ConfigMaps docs/readme-deploy.md has commands to create, with the keys
-// each gets: kubectl [-n NS] create secret tls|docker-registry|generic NAME ..., kubectl create configmap NAME ...
-func documentedSources(t *testing.T) map[source][]string {
+// readmeSection returns the section of README.md under the heading "## "+title, up to the next such heading.
+func readmeSection(t *testing.T, title string) string {
 	t.Helper()
-	data, err := os.ReadFile("../docs/readme-deploy.md")
+	data, err := os.ReadFile("../README.md")
 	if err != nil {
 		t.Fatal(err)
 	}
-	joined := strings.ReplaceAll(string(data), "\\\n", " ")
+	_, section, ok := strings.Cut(string(data), "\n## "+title+"\n")
+	if !ok {
+		t.Fatalf("README.md has no section %q", title)
+	}
+	section, _, _ = strings.Cut(section, "\n## ")
+	return section
+}
+
+// documentedSources reads the Secrets and ConfigMaps README.md's "Deploying on Kubernetes" has commands to
+// create, with the keys each gets: kubectl [-n NS] create secret tls|docker-registry|generic NAME ...,
+// kubectl create configmap NAME ...
+func documentedSources(t *testing.T) map[source][]string {
+	t.Helper()
+	joined := strings.ReplaceAll(readmeSection(t, "Deploying on Kubernetes"), "\\\n", " ")
 	docs := map[source][]string{}
 	sc := bufio.NewScanner(strings.NewReader(joined))
 	for sc.Scan() {
@@ -745,7 +757,7 @@ func documentedSources(t *testing.T) map[source][]string {
 		docs[s] = append(docs[s], keys...)
 	}
 	if len(docs) == 0 {
-		t.Fatal("docs/readme-deploy.md has no kubectl create secret or configmap commands")
+		t.Fatal("README.md's "Deploying on Kubernetes" has no kubectl create secret or configmap commands")
 	}
 	return docs
 }
@@ -835,7 +847,7 @@ func made(objs []object) map[source][]string {
 }
 
 // checkReferences checks that every Secret and ConfigMap a workload uses is in the build (or made by
-// cert-manager from it), or optional, or one docs/readme-deploy.md says how to create; and that every
+// cert-manager from it), or optional, or one README.md's "Deploying on Kubernetes" says how to create; and that every
 // Certificate's issuer and every CA Issuer's Secret is in the build.
 func checkReferences(objs []object, docs map[source][]string) []error {
 	var errs []error
@@ -845,7 +857,7 @@ func checkReferences(objs []object, docs map[source][]string) []error {
 			_, inBuild := have[r.source]
 			_, documented := docs[r.source]
 			if !inBuild && !r.optional && !documented {
-				errs = append(errs, fmt.Errorf("%s: %s uses %s, which is neither in the build, nor optional, nor created in docs/readme-deploy.md", w, r.where, r.source))
+				errs = append(errs, fmt.Errorf("%s: %s uses %s, which is neither in the build, nor optional, nor created in README.md's "Deploying on Kubernetes"", w, r.where, r.source))
 			}
 		}
 	}
@@ -932,7 +944,7 @@ func checkFiles(objs []object, docs map[source][]string) []error {
 				if !inBuild {
 					var documented bool
 					if keys, documented = docs[src]; !documented {
-						fail("%s is neither in the build nor created in docs/readme-deploy.md", src)
+						fail("%s is neither in the build nor created in README.md's "Deploying on Kubernetes"", src)
 						continue
 					}
 				}
@@ -1056,7 +1068,7 @@ func checkWebhooks(objs []object) []error {
 			if len(h.cfg.CABundle) == 0 {
 				ns, cert, _ := strings.Cut(annotations["cert-manager.io/inject-ca-from"], "/")
 				if _, ok := find[*certificate](objs, ns, cert); !ok {
-					// Without cert-manager the user sets caBundle (docs/readme-deploy.md): allowed only in a
+					// Without cert-manager the user sets caBundle (README.md's "Deploying on Kubernetes"): allowed only in a
 					// build without a Certificate, where there is nothing to inject from.
 					if slices.ContainsFunc(objs, func(o object) bool { _, ok := o.obj.(*certificate); return ok }) {
 						fail("no caBundle and no cert-manager injection from a Certificate in the build")

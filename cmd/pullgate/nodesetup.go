@@ -22,7 +22,7 @@ import (
 
 // Node setup: `pullgate hosts-toml` writes containerd's certs.d files and `pullgate registries-conf` a
 // containers-registries.conf(5) drop-in, so that a node's runtime pulls the listed registries' images from
-// pullgate and from nowhere else. docs/design-node.md says why the files look as they do.
+// pullgate and from nowhere else. docs/design.md ("Node setup") says why the files look as they do.
 
 const hostsTOMLUsage = `usage: pullgate hosts-toml --server https://HOST[:PORT] [--ca FILE] [--client-cert FILE --client-key FILE]
        [--dir DIR] [--node-dir DIR] [--dry-run] REGISTRY...

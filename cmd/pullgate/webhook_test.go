@@ -322,18 +322,23 @@ func TestWebhookFlags(t *testing.T) {
 	}
 }
 
-// readmeBlocks returns the fenced sh blocks of docs/readme-webhook.md.
+// readmeBlocks returns the fenced sh blocks of README.md's "Admission webhook" section.
 func readmeBlocks(t *testing.T) []string {
 	t.Helper()
-	b, err := os.ReadFile(filepath.Join("..", "..", "docs", "readme-webhook.md"))
+	b, err := os.ReadFile(filepath.Join("..", "..", "README.md"))
 	if err != nil {
 		t.Fatal(err)
 	}
+	_, section, ok := strings.Cut(string(b), "\n## Admission webhook\n")
+	if !ok {
+		t.Fatal(`README.md has no section "Admission webhook"`)
+	}
+	section, _, _ = strings.Cut(section, "\n## ")
 	var blocks []string
-	for _, part := range strings.Split(string(b), "```sh\n")[1:] {
+	for _, part := range strings.Split(section, "```sh\n")[1:] {
 		body, _, ok := strings.Cut(part, "```")
 		if !ok {
-			t.Fatal("unclosed code block in docs/readme-webhook.md")
+			t.Fatal("unclosed code block in README.md's Admission webhook section")
 		}
 		blocks = append(blocks, body)
 	}
@@ -362,7 +367,7 @@ func heredocs(t *testing.T, blocks []string, vars map[string]string) []string {
 	return docs
 }
 
-// TestWebhookReadme holds docs/readme-webhook.md to the code: its certificate recipe (run with openssl) makes a
+// TestWebhookReadme holds README.md's "Admission webhook" to the code: its certificate recipe (run with openssl) makes a
 // key pair that the command serves and that a client checking the Service's name against the CA accepts, as the
 // API server does; its manifests decode strictly into k8s.io/api types; the Deployment's args are flags the
 // command takes; the configurations' paths are the ones it serves, with the labels, policies and rules that the
