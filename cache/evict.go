@@ -9,6 +9,8 @@ import (
 	"io/fs"
 	"os"
 	"slices"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/dgraph-io/badger/v4"
@@ -485,7 +487,17 @@ func (c *Cache) removeObjects(ctx context.Context, ds []v1.Hash, reason string, 
 			if still != nil && !still(o) {
 				continue
 			}
-			for _, k := range [][]byte{objectKey(d), accessKey(d), verdictKey(d)} {
+			if err := txn.Delete(objectKey(d)); err != nil {
+				return err
+			}
+			// The access time and the verdict only when there is one: a deletion is a write (a tombstone
+			// that compaction carries), a look-up of a missing key is a bloom filter's answer.
+			for _, k := range [][]byte{accessKey(d), verdictKey(d)} {
+				if _, err := txn.Get(k); errors.Is(err, badger.ErrKeyNotFound) {
+					continue
+				} else if err != nil {
+					return err
+				}
 				if err := txn.Delete(k); err != nil {
 					return err
 				}
@@ -498,10 +510,8 @@ func (c *Cache) removeObjects(ctx context.Context, ds []v1.Hash, reason string, 
 		unlock()
 		return st, fmt.Errorf("cache: remove: write index: %w", err)
 	}
+	c.unlinkAll(removed)
 	for _, o := range removed {
-		if err := os.Remove(c.Path(o.Digest)); err != nil && !errors.Is(err, fs.ErrNotExist) {
-			c.log.Error("cache: remove content file; the next start removes it", "path", c.Path(o.Digest), "err", err)
-		}
 		c.bytes.Add(-o.Size)
 		c.objects.Add(-1)
 		st.Objects++
@@ -519,6 +529,28 @@ func (c *Cache) removeObjects(ctx context.Context, ds []v1.Hash, reason string, 
 		c.onRemove(reason, st.Objects, st.Bytes)
 	}
 	return st, nil
+}
+
+// unlinkers is how many files removeObjects unlinks at once: an unlink waits on the filesystem's journal and
+// directory locks as much as on a CPU.
+const unlinkers = 4
+
+// unlinkAll removes the files of objs, unlinkers at a time. A file that cannot be removed is logged; the next
+// start removes it (it has no index entry).
+func (c *Cache) unlinkAll(objs []Object) {
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for range min(unlinkers, len(objs)) {
+		wg.Go(func() {
+			for i := next.Add(1) - 1; i < int64(len(objs)); i = next.Add(1) - 1 {
+				p := c.Path(objs[i].Digest)
+				if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
+					c.log.Error("cache: remove content file; the next start removes it", "path", p, "err", err)
+				}
+			}
+		})
+	}
+	wg.Wait()
 }
 
 // dropReferences removes the tags that point at the digests of gone, the repository links and referrers
