@@ -296,7 +296,11 @@ func (c *Cache) evict(ctx context.Context, need int64, keep func(v1.Hash) bool, 
 			}
 			began := time.Now()
 			var st RemoveStats
-			st, err = c.removeObjects(ctx, ds, reason, gone, func(o Object) bool {
+			workers := unlinkers
+			if paced && c.asking.Load() == 0 {
+				workers = 1 // a round nobody waits for takes one CPU at the most, and rests
+			}
+			st, err = c.removeObjects(ctx, ds, reason, gone, workers, func(o Object) bool {
 				cd := chosen[o.Digest]
 				return o.Stored.Equal(cd.stored) && !c.usedSince(o.Digest, cd.at)
 			})
@@ -412,7 +416,7 @@ func (c *Cache) Remove(ctx context.Context, ds []v1.Hash, reason string) (Remove
 	for len(ds) > 0 && err == nil {
 		n := min(len(ds), c.removeBatch)
 		var st RemoveStats
-		st, err = c.removeObjects(ctx, ds[:n], reason, gone, nil)
+		st, err = c.removeObjects(ctx, ds[:n], reason, gone, unlinkers, nil)
 		total.add(st)
 		ds = ds[n:]
 	}
@@ -429,7 +433,7 @@ func (c *Cache) Remove(ctx context.Context, ds []v1.Hash, reason string) (Remove
 // them.
 func (c *Cache) remove(ctx context.Context, ds []v1.Hash, reason string, still func(Object) bool) (RemoveStats, error) {
 	gone := make(map[v1.Hash]struct{}, len(ds))
-	st, err := c.removeObjects(ctx, ds, reason, gone, still)
+	st, err := c.removeObjects(ctx, ds, reason, gone, unlinkers, still)
 	if err != nil || len(gone) == 0 {
 		return st, err
 	}
@@ -442,7 +446,7 @@ func (c *Cache) remove(ctx context.Context, ds []v1.Hash, reason string, still f
 // caller's. It takes the digests' locks in order, so that no install runs in between: the index entries go
 // first, in one transaction, then the files (a crash in between leaves files without entries, which the next
 // Open removes). Writers waiting for room try again when it returns.
-func (c *Cache) removeObjects(ctx context.Context, ds []v1.Hash, reason string, gone map[v1.Hash]struct{}, still func(Object) bool) (RemoveStats, error) {
+func (c *Cache) removeObjects(ctx context.Context, ds []v1.Hash, reason string, gone map[v1.Hash]struct{}, workers int, still func(Object) bool) (RemoveStats, error) {
 	var st RemoveStats
 	defer c.batchEnded()
 	if err := ctx.Err(); err != nil {
@@ -510,7 +514,7 @@ func (c *Cache) removeObjects(ctx context.Context, ds []v1.Hash, reason string, 
 		unlock()
 		return st, fmt.Errorf("cache: remove: write index: %w", err)
 	}
-	c.unlinkAll(removed)
+	c.unlinkAll(removed, workers)
 	for _, o := range removed {
 		c.bytes.Add(-o.Size)
 		c.objects.Add(-1)
@@ -531,16 +535,16 @@ func (c *Cache) removeObjects(ctx context.Context, ds []v1.Hash, reason string, 
 	return st, nil
 }
 
-// unlinkers is how many files removeObjects unlinks at once: an unlink waits on the filesystem's journal and
-// directory locks as much as on a CPU.
+// unlinkers is how many files removeObjects unlinks at once (but one in a background round nobody waits for):
+// an unlink waits on the filesystem's journal and directory locks as much as on a CPU.
 const unlinkers = 4
 
-// unlinkAll removes the files of objs, unlinkers at a time. A file that cannot be removed is logged; the next
+// unlinkAll removes the files of objs, workers at a time. A file that cannot be removed is logged; the next
 // start removes it (it has no index entry).
-func (c *Cache) unlinkAll(objs []Object) {
+func (c *Cache) unlinkAll(objs []Object, workers int) {
 	var next atomic.Int64
 	var wg sync.WaitGroup
-	for range min(unlinkers, len(objs)) {
+	for range min(workers, len(objs)) {
 		wg.Go(func() {
 			for i := next.Add(1) - 1; i < int64(len(objs)); i = next.Add(1) - 1 {
 				p := c.Path(objs[i].Digest)
