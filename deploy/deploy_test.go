@@ -757,7 +757,7 @@ func documentedSources(t *testing.T) map[source][]string {
 		docs[s] = append(docs[s], keys...)
 	}
 	if len(docs) == 0 {
-		t.Fatal("README.md's "Deploying on Kubernetes" has no kubectl create secret or configmap commands")
+		t.Fatal("README.md's Deploying on Kubernetes section has no kubectl create secret or configmap commands")
 	}
 	return docs
 }
@@ -857,7 +857,7 @@ func checkReferences(objs []object, docs map[source][]string) []error {
 			_, inBuild := have[r.source]
 			_, documented := docs[r.source]
 			if !inBuild && !r.optional && !documented {
-				errs = append(errs, fmt.Errorf("%s: %s uses %s, which is neither in the build, nor optional, nor created in README.md's "Deploying on Kubernetes"", w, r.where, r.source))
+				errs = append(errs, fmt.Errorf("%s: %s uses %s, which is neither in the build, nor optional, nor created in README.md's Deploying on Kubernetes section", w, r.where, r.source))
 			}
 		}
 	}
@@ -944,7 +944,7 @@ func checkFiles(objs []object, docs map[source][]string) []error {
 				if !inBuild {
 					var documented bool
 					if keys, documented = docs[src]; !documented {
-						fail("%s is neither in the build nor created in README.md's "Deploying on Kubernetes"", src)
+						fail("%s is neither in the build nor created in README.md's Deploying on Kubernetes section", src)
 						continue
 					}
 				}
