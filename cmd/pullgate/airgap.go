@@ -43,12 +43,7 @@ const maxExportList = 1 << 20
 
 // runExport is `pullgate export`.
 func runExport(args []string, env map[string]string, stdout, stderr io.Writer) int {
-	set := flag.NewFlagSet("pullgate export", flag.ContinueOnError)
-	set.SetOutput(stderr)
-	set.Usage = func() {
-		fmt.Fprint(stderr, exportUsage)
-		set.PrintDefaults()
-	}
+	set := commandFlags("pullgate export", exportUsage, stderr)
 	out := set.String("o", "", "the archive to write; - for standard output")
 	list := set.String("f", "", "a file of images to export, one per line (# starts a comment)")
 	cf := addClientFlags(set)
@@ -152,12 +147,7 @@ func runExport(args []string, env map[string]string, stdout, stderr io.Writer) i
 
 // runImport is `pullgate import`.
 func runImport(args []string, env map[string]string, stdin io.Reader, stdout, stderr io.Writer) int {
-	set := flag.NewFlagSet("pullgate import", flag.ContinueOnError)
-	set.SetOutput(stderr)
-	set.Usage = func() {
-		fmt.Fprint(stderr, importUsage)
-		set.PrintDefaults()
-	}
+	set := commandFlags("pullgate import", importUsage, stderr)
 	cf := addClientFlags(set)
 	files, err := parseInterspersed(set, args)
 	if err != nil {

@@ -27,12 +27,7 @@ flags:
 
 // runImages is `pullgate images [--normalize] [FILE...]`: the container images in Kubernetes YAML, one per line.
 func runImages(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
-	set := flag.NewFlagSet("pullgate images", flag.ContinueOnError)
-	set.SetOutput(stderr)
-	set.Usage = func() {
-		fmt.Fprint(stderr, imagesUsage)
-		set.PrintDefaults()
-	}
+	set := commandFlags("pullgate images", imagesUsage, stderr)
 	normalize := set.Bool("normalize", false, `print references fully qualified ("nginx" as docker.io/library/nginx:latest)`)
 	if err := set.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {

@@ -410,12 +410,7 @@ func commandLine(parts ...string) string {
 
 // runHostsTOML is `pullgate hosts-toml`.
 func runHostsTOML(args []string, stdout, stderr io.Writer) int {
-	set := flag.NewFlagSet("pullgate hosts-toml", flag.ContinueOnError)
-	set.SetOutput(stderr)
-	set.Usage = func() {
-		fmt.Fprint(stderr, hostsTOMLUsage)
-		set.PrintDefaults()
-	}
+	set := commandFlags("pullgate hosts-toml", hostsTOMLUsage, stderr)
 	server := set.String("server", "", "pullgate's registry API, https://HOST[:PORT] (required)")
 	ca := set.String("ca", "", "PEM file of the CA that signed pullgate's certificate; empty: the node's system roots")
 	clientCert := set.String("client-cert", "", "PEM client certificate the node presents to pullgate (with --client-key)")
@@ -481,12 +476,7 @@ func runHostsTOML(args []string, stdout, stderr io.Writer) int {
 
 // runRegistriesConf is `pullgate registries-conf`.
 func runRegistriesConf(args []string, stdout, stderr io.Writer) int {
-	set := flag.NewFlagSet("pullgate registries-conf", flag.ContinueOnError)
-	set.SetOutput(stderr)
-	set.Usage = func() {
-		fmt.Fprint(stderr, registriesConfUsage)
-		set.PrintDefaults()
-	}
+	set := commandFlags("pullgate registries-conf", registriesConfUsage, stderr)
 	server := set.String("server", "", "pullgate's registry API, https://HOST[:PORT] (required)")
 	ca := set.String("ca", "", "PEM file of the CA that signed pullgate's certificate; empty: the system roots")
 	file := set.String("file", "/etc/containers/registries.conf.d/50-pullgate.conf", "the drop-in to write")

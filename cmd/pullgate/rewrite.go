@@ -69,12 +69,7 @@ func (m *multiFlag) Set(s string) error { *m = append(*m, s); return nil }
 
 // runRewrite is `pullgate rewrite`: Kubernetes manifests with their images rewritten through pullgate.
 func runRewrite(args []string, env map[string]string, stdin io.Reader, stdout, stderr io.Writer, o rewriteOptions) int {
-	set := flag.NewFlagSet("pullgate rewrite", flag.ContinueOnError)
-	set.SetOutput(stderr)
-	set.Usage = func() {
-		fmt.Fprint(stderr, rewriteUsage)
-		set.PrintDefaults()
-	}
+	set := commandFlags("pullgate rewrite", rewriteUsage, stderr)
 	registry := set.String("registry", "", "pullgate's host[:port] as image references name it (required)")
 	var exclude multiFlag
 	set.Var(&exclude, "exclude", `leave images whose "registry/repository" matches this glob as written (repeatable; e.g. "registry.k8s.io/**")`)

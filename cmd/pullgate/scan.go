@@ -165,12 +165,7 @@ func (c *pullgateClient) images(refs []string) (images []scanImage, bad []string
 // runScan is `pullgate scan [flags] [IMAGE...]`.
 func runScan(args []string, env map[string]string, stdin io.Reader, stdout, stderr io.Writer, opts scanOptions) int {
 	opts = opts.withDefaults()
-	set := flag.NewFlagSet("pullgate scan", flag.ContinueOnError)
-	set.SetOutput(stderr)
-	set.Usage = func() {
-		fmt.Fprint(stderr, scanUsage)
-		set.PrintDefaults()
-	}
+	set := commandFlags("pullgate scan", scanUsage, stderr)
 	cf := addClientFlags(set)
 	asJSON := set.Bool("json", false, "print one JSON object per manifest")
 	timeout := set.Duration("timeout", 10*time.Minute, "how long to keep asking for an image whose verdicts are pending")
@@ -771,4 +766,16 @@ func (a *answer) message() string {
 		msg += ": " + b
 	}
 	return msg
+}
+
+// commandFlags returns the flag set of `pullgate NAME`: errors and -h go to stderr, -h prints usage and then
+// the flags.
+func commandFlags(name, usage string, stderr io.Writer) *flag.FlagSet {
+	set := flag.NewFlagSet(name, flag.ContinueOnError)
+	set.SetOutput(stderr)
+	set.Usage = func() {
+		fmt.Fprint(stderr, usage)
+		set.PrintDefaults()
+	}
+	return set
 }

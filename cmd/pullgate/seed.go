@@ -109,12 +109,7 @@ func (o seedOptions) withDefaults() seedOptions {
 // caches them. It returns the exit status.
 func runSeed(args []string, env map[string]string, stdin io.Reader, stdout, stderr io.Writer, opts seedOptions) int {
 	opts = opts.withDefaults()
-	set := flag.NewFlagSet("pullgate seed", flag.ContinueOnError)
-	set.SetOutput(stderr)
-	set.Usage = func() {
-		fmt.Fprint(stderr, seedUsage)
-		set.PrintDefaults()
-	}
+	set := commandFlags("pullgate seed", seedUsage, stderr)
 	cf := addClientFlags(set)
 	var files []string
 	set.Func("f", `a file of image references, one per line ("-": standard input); may be repeated`, func(s string) error {

@@ -57,12 +57,7 @@ const maxVerdictsAnswer = 64 << 20
 
 // runVerdicts is `pullgate verdicts [flags] [IMAGE]`.
 func runVerdicts(args []string, env map[string]string, stdout, stderr io.Writer) int {
-	set := flag.NewFlagSet("pullgate verdicts", flag.ContinueOnError)
-	set.SetOutput(stderr)
-	set.Usage = func() {
-		fmt.Fprint(stderr, verdictsUsage)
-		set.PrintDefaults()
-	}
+	set := commandFlags("pullgate verdicts", verdictsUsage, stderr)
 	cf := addClientFlags(set)
 	asJSON := set.Bool("json", false, "print one JSON object per verdict")
 	if err := set.Parse(args); err != nil {

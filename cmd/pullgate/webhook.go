@@ -10,7 +10,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"strings"
 	"time"
 
 	"github.com/pullgate/pullgate/certs"
@@ -44,26 +43,15 @@ type webhookOptions struct {
 	Ready func(net.Addr)
 }
 
-// webhookGlobs is the repeatable --exclude flag.
-type webhookGlobs []string
-
-func (l *webhookGlobs) String() string     { return strings.Join(*l, ",") }
-func (l *webhookGlobs) Set(s string) error { *l = append(*l, s); return nil }
-
 // runWebhook is `pullgate webhook`: it serves until ctx is done, then shuts down gracefully.
 func runWebhook(ctx context.Context, args []string, stdout, stderr io.Writer, o webhookOptions) int {
-	set := flag.NewFlagSet("pullgate webhook", flag.ContinueOnError)
-	set.SetOutput(stderr)
-	set.Usage = func() {
-		fmt.Fprint(stderr, webhookUsage)
-		set.PrintDefaults()
-	}
+	set := commandFlags("pullgate webhook", webhookUsage, stderr)
 	registry := set.String("registry", "", "pullgate's host[:port] as image references name it (required)")
 	addr := set.String("addr", ":8443", "the TLS listener's address")
 	certFile := set.String("tls-cert", "", "the serving certificate, PEM (required; read again when it changes)")
 	keyFile := set.String("tls-key", "", "the serving certificate's key, PEM (required)")
 	pullSecret := set.String("pull-secret", "", "add this Secret to the imagePullSecrets of created Pods that pull through pullgate")
-	var exclude webhookGlobs
+	var exclude multiFlag
 	set.Var(&exclude, "exclude", `leave images whose "registry/repository" matches this glob as written, and allow them (repeatable)`)
 	if err := set.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
