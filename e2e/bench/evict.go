@@ -352,16 +352,16 @@ func (b evictBench) servedRound(ctx context.Context, template string, r int, mod
 		if before, err = metricValue(ctx, pg, `pullgate_cache_evictions_total{reason="quota"}`); err != nil {
 			return 0, nil, "", err
 		}
-		img, err := random.Image(1024, 1)
-		if err != nil {
-			return 0, nil, "", err
-		}
-		cold, err := e2e.PushImage(b.upHost, fmt.Sprintf("bench/evict-trigger-%d", r), "v1", img, remote.WithContext(ctx), remote.WithTransport(b.rt))
-		if err != nil {
-			return 0, nil, "", err
-		}
-		pullStart = time.Now()
 		if mode == "over" {
+			img, err := random.Image(1024, 1)
+			if err != nil {
+				return 0, nil, "", err
+			}
+			cold, err := e2e.PushImage(b.upHost, fmt.Sprintf("bench/evict-trigger-%d", r), "v1", img, remote.WithContext(ctx), remote.WithTransport(b.rt))
+			if err != nil {
+				return 0, nil, "", err
+			}
+			pullStart = time.Now()
 			go func() { // the fill waits for the round; its outcome does not matter
 				_ = getOK(ctx, b.rt, pg.URL+"/v2/"+cold.Repo+"/blobs/"+cold.Blobs[1].String())
 			}()
