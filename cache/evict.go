@@ -37,12 +37,14 @@ const (
 	evictBatch = 50_000
 	// removeBatch is how many objects one index transaction removes.
 	removeBatch = 1000
-	// evictIdle is how many times as long as its last batch a background round rests before the next batch
-	// while no writer waits for room: such a round takes at most a fifth of one CPU's time from serving. A
-	// round that a writer waits for does not rest until that writer's bytes fit.
-	evictIdle = 4
+	// evictIdle is how many times as long as its last slice of work (a removal batch, scanSlice entries of a
+	// scan of the index) a background round rests before the next while no writer waits for room: such a round
+	// takes at most a tenth of one CPU's time from serving. A round that a writer waits for does not rest.
+	evictIdle = 9
 	// evictMaxRest bounds one rest.
 	evictMaxRest = time.Second
+	// scanSlice is how many index entries a paced scan reads between rests.
+	scanSlice = 2000
 )
 
 // Reasons given to Options.OnRemove.
@@ -70,14 +72,16 @@ func (s *RemoveStats) add(o RemoveStats) {
 
 // quotaRoom reserves n bytes of the quota for a writer. When they do not fit, it wakes the eviction task and
 // tries again after each batch the task removes, until the round it asked for ends (or QuotaWait passes);
-// ErrQuota (wrapped) when there is still no room.
+// ErrQuota (wrapped) when there is still no room. A cache already over its quota (it was lowered) never grows:
+// the writer waits until eviction has freed its n bytes, not until the whole cache is under the quota.
 func (c *Cache) quotaRoom(n int64) error {
 	if c.maxBytes <= 0 || n <= 0 {
 		return nil
 	}
-	if c.reserve(n) {
+	if c.reserve(n, c.maxBytes) {
 		return nil
 	}
+	limit := max(c.maxBytes, c.bytes.Load()+c.inflight.Load())
 	c.asking.Add(n)
 	defer c.asking.Add(-n)
 	select {
@@ -97,7 +101,7 @@ func (c *Cache) quotaRoom(n int64) error {
 		case <-c.stop:
 			ended = true
 		}
-		if c.reserve(n) {
+		if c.reserve(n, limit) {
 			return nil
 		}
 	}
@@ -124,9 +128,9 @@ func (c *Cache) batchEnded() {
 	c.evictMu.Unlock()
 }
 
-// reserve counts n bytes in flight if they fit under the quota.
-func (c *Cache) reserve(n int64) bool {
-	if c.inflight.Add(n)+c.bytes.Load() <= c.maxBytes {
+// reserve counts n bytes in flight if the stored and in-flight bytes stay within limit.
+func (c *Cache) reserve(n, limit int64) bool {
+	if c.inflight.Add(n)+c.bytes.Load() <= limit {
 		return true
 	}
 	c.inflight.Add(-n)
@@ -274,9 +278,10 @@ func (c *Cache) Evict(ctx context.Context, need int64, keep func(v1.Hash) bool, 
 // evict is Evict; paced rounds rest between batches while no writer waits for room.
 func (c *Cache) evict(ctx context.Context, need int64, keep func(v1.Hash) bool, reason string, paced bool) (RemoveStats, error) {
 	var total RemoveStats
+	p := c.pacer(paced)
 	c.flushAccess() // order by the latest noted times
 	for total.Bytes < need {
-		cands, err := c.oldest(ctx, need-total.Bytes, keep)
+		cands, err := c.oldest(ctx, need-total.Bytes, keep, p)
 		if err != nil || len(cands) == 0 {
 			return total, err
 		}
@@ -294,7 +299,6 @@ func (c *Cache) evict(ctx context.Context, need int64, keep func(v1.Hash) bool, 
 			for i, cd := range batch {
 				ds[i], chosen[cd.d] = cd.d, cd
 			}
-			began := time.Now()
 			var st RemoveStats
 			workers := unlinkers
 			if paced && c.asking.Load() == 0 {
@@ -305,12 +309,12 @@ func (c *Cache) evict(ctx context.Context, need int64, keep func(v1.Hash) bool, 
 				return o.Stored.Equal(cd.stored) && !c.usedSince(o.Digest, cd.at)
 			})
 			total.add(st)
-			if paced && err == nil && len(cands) > 0 && total.Bytes < need {
-				err = c.rest(ctx, time.Since(began))
+			if err == nil && len(cands) > 0 && total.Bytes < need {
+				err = p.pause(ctx)
 			}
 		}
 		// The objects are gone: their references go too, even when ctx ended meanwhile.
-		tags, links, rerr := c.dropReferences(context.WithoutCancel(ctx), gone)
+		tags, links, rerr := c.dropReferences(context.WithoutCancel(ctx), gone, p)
 		total.Tags += tags
 		total.Links += links
 		if err = errors.Join(err, rerr); err != nil {
@@ -320,20 +324,57 @@ func (c *Cache) evict(ctx context.Context, need int64, keep func(v1.Hash) bool, 
 	return total, nil
 }
 
-// rest waits evictIdle times took (at most evictMaxRest), and not while a writer waits for room.
-func (c *Cache) rest(ctx context.Context, took time.Duration) error {
-	if c.asking.Load() > 0 {
+// pacer spreads a background round over time: after each slice of its work it rests evictIdle times as long as
+// the slice took (at most evictMaxRest), but not while a writer waits for room. A nil pacer never rests.
+type pacer struct {
+	c     *Cache
+	since time.Time // when the current slice began
+	n     int       // index entries read in it
+}
+
+// pacer returns a pacer for a paced round, nil for one that runs at full speed.
+func (c *Cache) pacer(paced bool) *pacer {
+	if !paced {
 		return nil
 	}
-	t := time.NewTimer(min(evictIdle*took, evictMaxRest))
-	defer t.Stop()
-	select {
-	case <-t.C:
-	case <-c.askWake: // a writer asks: go on at once (a stale signal only shortens one rest)
-	case <-ctx.Done():
-		return ctx.Err()
+	return &pacer{c: c, since: time.Now()}
+}
+
+// pause ends a slice of work: it rests, then begins the next slice.
+func (p *pacer) pause(ctx context.Context) error {
+	if p == nil {
+		return nil
 	}
-	return nil
+	var err error
+	var rest time.Duration
+	if p.c.asking.Load() == 0 {
+		rest = min(evictIdle*time.Since(p.since), evictMaxRest)
+		t := time.NewTimer(rest)
+		select {
+		case <-t.C:
+		case <-p.c.askWake: // a writer asks: go on at once (a stale signal only shortens one rest)
+		case <-p.c.stop: // closing: finish at full speed (what must follow a removal runs on)
+		case <-ctx.Done():
+			err = ctx.Err()
+		}
+		t.Stop()
+	}
+	if p.c.rested != nil {
+		p.c.rested(rest)
+	}
+	p.since, p.n = time.Now(), 0
+	return err
+}
+
+// step counts one index entry a scan read, pausing after every scanSlice of them.
+func (p *pacer) step(ctx context.Context) error {
+	if p == nil {
+		return nil
+	}
+	if p.n++; p.n < scanSlice {
+		return nil
+	}
+	return p.pause(ctx)
 }
 
 // usedSince reports whether Touch noted a use of d after t.
@@ -345,11 +386,14 @@ func (c *Cache) usedSince(d v1.Hash, t time.Time) bool {
 }
 
 // oldest scans the index for the least recently used objects not kept whose sizes add up to need, at most
-// evictBatch of them.
-func (c *Cache) oldest(ctx context.Context, need int64, keep func(v1.Hash) bool) ([]candidate, error) {
+// evictBatch of them, at p's pace.
+func (c *Cache) oldest(ctx context.Context, need int64, keep func(v1.Hash) bool, p *pacer) ([]candidate, error) {
 	h := &newest{}
 	var sum int64
 	err := c.Walk(ctx, func(o Object, accessed time.Time) error {
+		if err := p.step(ctx); err != nil {
+			return err
+		}
 		if keep != nil && keep(o.Digest) {
 			return nil
 		}
@@ -421,7 +465,7 @@ func (c *Cache) Remove(ctx context.Context, ds []v1.Hash, reason string) (Remove
 		ds = ds[n:]
 	}
 	if len(gone) > 0 {
-		tags, links, rerr := c.dropReferences(context.WithoutCancel(ctx), gone)
+		tags, links, rerr := c.dropReferences(context.WithoutCancel(ctx), gone, nil)
 		total.Tags += tags
 		total.Links += links
 		err = errors.Join(err, rerr)
@@ -437,7 +481,7 @@ func (c *Cache) remove(ctx context.Context, ds []v1.Hash, reason string, still f
 	if err != nil || len(gone) == 0 {
 		return st, err
 	}
-	st.Tags, st.Links, err = c.dropReferences(context.WithoutCancel(ctx), gone)
+	st.Tags, st.Links, err = c.dropReferences(context.WithoutCancel(ctx), gone, nil)
 	return st, err
 }
 
@@ -558,8 +602,8 @@ func (c *Cache) unlinkAll(objs []Object, workers int) {
 }
 
 // dropReferences removes the tags that point at the digests of gone, the repository links and referrers
-// answers of them: one scan of each key kind. A tag pointed elsewhere meanwhile stays.
-func (c *Cache) dropReferences(ctx context.Context, gone map[v1.Hash]struct{}) (tags, links int, err error) {
+// answers of them: one scan of each key kind, at p's pace. A tag pointed elsewhere meanwhile stays.
+func (c *Cache) dropReferences(ctx context.Context, gone map[v1.Hash]struct{}, p *pacer) (tags, links int, err error) {
 	type tagKey struct{ k, v []byte }
 	var tagKeys []tagKey
 	var linkKeys [][]byte
@@ -568,6 +612,9 @@ func (c *Cache) dropReferences(ctx context.Context, gone map[v1.Hash]struct{}) (
 		defer it.Close()
 		for it.Rewind(); it.Valid(); it.Next() {
 			if err := ctx.Err(); err != nil {
+				return err
+			}
+			if err := p.step(ctx); err != nil {
 				return err
 			}
 			v, err := it.Item().ValueCopy(nil)
@@ -585,6 +632,10 @@ func (c *Cache) dropReferences(ctx context.Context, gone map[v1.Hash]struct{}) (
 		for _, kind := range []byte{kindLink, kindReferrers} {
 			it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte{kind, sep}})
 			for it.Rewind(); it.Valid(); it.Next() {
+				if err := p.step(ctx); err != nil {
+					it.Close()
+					return err
+				}
 				k := it.Item().Key()
 				i := bytes.LastIndexByte(k, sep)
 				d, err := v1.NewHash(string(k[i+1:]))

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -454,5 +455,133 @@ func TestQuotaWaiterReleasedByBatch(t *testing.T) {
 			t.Fatalf("%d removal batches, want the round to go on after the fill's", calls.Load())
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// TestOverQuotaCacheNeverGrows: a cache whose quota was lowered below what it holds lets a fill in as soon as
+// eviction has freed the fill's bytes (not once the whole cache is under the quota, which may take minutes), and
+// it never grows meanwhile.
+func TestOverQuotaCacheNeverGrows(t *testing.T) {
+	clk := newClock()
+	const size, n = 1000, 50
+	dir := t.TempDir()
+	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
+	c, err := Open(Options{Dir: dir, Now: clk.Now, Reserve: testReserve, Logger: quiet})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range n {
+		put(t, c, randomBytes(t, size))
+		clk.Advance(time.Minute)
+	}
+	if err := c.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	released := make(chan struct{})
+	var calls atomic.Int32
+	opts := Options{Dir: dir, Now: clk.Now, Reserve: testReserve, Logger: quiet, MaxBytes: size * n / 2, QuotaWait: time.Minute, removeBatch: 1}
+	opts.OnRemove = func(string, int, int64) {
+		if calls.Add(1) != 2 {
+			return
+		}
+		select {
+		case <-released:
+		case <-time.After(20 * time.Second):
+			t.Error("the fill was not let in once eviction had freed its bytes: it waits for the cache to be under the quota")
+		}
+	}
+	c, err = Open(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.Close() })
+	b := randomBytes(t, size)
+	w, err := c.NewWriter(sha256Of(b), "", size)
+	close(released)
+	if err != nil {
+		t.Fatalf("NewWriter: %v", err)
+	}
+	if level := c.bytes.Load() + c.inflight.Load(); level > size*n {
+		t.Errorf("stored and reserved bytes %d, more than the %d stored when the fill asked: the cache grew over its quota", level, size*n)
+	}
+	if _, err := w.Write(b); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	if used, _ := c.Usage(); used > size*n {
+		t.Errorf("usage %d after the fill, more than the %d stored when it asked", used, size*n)
+	}
+}
+
+// TestBackgroundRoundRests: a round nobody waits for rests after each slice of its work, evictIdle times as
+// long as the slice took (at most evictMaxRest), so that it takes a bounded share of a CPU from serving; while a
+// writer waits for room it does not rest.
+func TestBackgroundRoundRests(t *testing.T) {
+	clk := newClock()
+	const size, n = 1000, 30
+	c, rm := openQuota(t, clk, Options{MaxBytes: size * n * 100 / 97, removeBatch: 1})
+	for range n {
+		put(t, c, randomBytes(t, size))
+		clk.Advance(time.Minute)
+	}
+	var mu sync.Mutex
+	var rests []time.Duration
+	c.rested = func(d time.Duration) {
+		mu.Lock()
+		rests = append(rests, d)
+		mu.Unlock()
+	}
+	select {
+	case <-c.evictRound(): // 97% of the quota: a background round frees down to 90%
+	case <-time.After(30 * time.Second):
+		t.Fatal("the eviction round did not end within 30 s")
+	}
+	removed := rm.count(ReasonQuota)
+	mu.Lock()
+	got := slices.Clone(rests)
+	mu.Unlock()
+	if removed < 2 || len(got) < removed-1 {
+		t.Fatalf("%d objects removed one per batch, %d rests; want a rest between batches", removed, len(got))
+	}
+	for i, d := range got {
+		if d <= 0 || d > evictMaxRest {
+			t.Errorf("rest %d: %v, want more than 0 and at most %v", i, d, evictMaxRest)
+		}
+	}
+
+	// A scan rests after every scanSlice entries it reads.
+	mu.Lock()
+	rests = nil
+	mu.Unlock()
+	p := c.pacer(true)
+	for range 2*scanSlice + 1 {
+		if err := p.step(t.Context()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mu.Lock()
+	if len(rests) != 2 {
+		t.Errorf("%d rests in a scan of %d entries, want 2", len(rests), 2*scanSlice+1)
+	}
+	mu.Unlock()
+
+	// A writer waits for room: the round goes on at once.
+	c.asking.Add(1)
+	defer c.asking.Add(-1)
+	mu.Lock()
+	rests = nil
+	mu.Unlock()
+	p = c.pacer(true)
+	p.since = time.Now().Add(-time.Hour)
+	if err := p.pause(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(rests) != 1 || rests[0] != 0 {
+		t.Errorf("rests while a writer waits: %v, want one of 0", rests)
 	}
 }

@@ -77,10 +77,11 @@ type Cache struct {
 	pinnedBytes    atomic.Int64 // what the pins held at the last eviction round
 	evictWake      chan struct{}
 	evictMu        sync.Mutex
-	roundDone      chan struct{} // closed when the next eviction round ends
-	batchDone      chan struct{} // closed when the next removal batch ends
-	askWake        chan struct{} // a writer waits for room: a resting round goes on
-	removeBatch    int           // objects one removal batch takes (removeBatch but in tests)
+	roundDone      chan struct{}       // closed when the next eviction round ends
+	batchDone      chan struct{}       // closed when the next removal batch ends
+	askWake        chan struct{}       // a writer waits for room: a resting round goes on
+	removeBatch    int                 // objects one removal batch takes (removeBatch but in tests)
+	rested         func(time.Duration) // tests: called with each rest a paced round decides on (0: none)
 }
 
 // Open opens (creating if needed) the cache in opts.Dir. It removes temp files. After a clean stop (Close) it
