@@ -125,24 +125,21 @@ func evictRows(ctx context.Context, b evictBench) ([]row, error) {
 				len(rates), strings.Join(mapF(rates, f0), ", "), medianInt(evicted), f0(fill)),
 			">= 10000", meets(rate >= 10000, "x")},
 	}
-	for j, n := range conns {
-		pu, po := median(pullUnder[j]), median(pullOver[j])
-		ref := fmt.Sprintf("without eviction %s; during/without %s; %d and %d pulls", ms(pu), ratio(float64(po), float64(pu)), len(pullOver[j]), len(pullUnder[j]))
-		if j == len(conns)-1 {
-			ref += "; " + strings.Join(duringNotes, "; ")
+	// pullRows compares the pulls during one kind of eviction with those without, a row per number of
+	// connections; the last row carries the rounds' notes.
+	pullRows := func(what string, during [][]time.Duration, notes []string) {
+		for j, n := range conns {
+			pu, pd := median(pullUnder[j]), median(during[j])
+			ref := fmt.Sprintf("without eviction %s; during/without %s; %d and %d pulls", ms(pu), ratio(float64(pd), float64(pu)), len(during[j]), len(pullUnder[j]))
+			if j == len(conns)-1 {
+				ref += "; " + strings.Join(notes, "; ")
+			}
+			rows = append(rows, row{fmt.Sprintf("warm pull by digest during %s, median pull (%d conns)", what, n), ms(pd), "", "", ref,
+				"<= 1.1x without", meets(float64(pd) <= 1.1*float64(pu), "x")})
 		}
-		rows = append(rows, row{fmt.Sprintf("warm pull by digest during eviction of a cache at twice its quota (a cold fill asked), median pull (%d conns)", n), ms(po), "", "", ref,
-			"<= 1.1x without", meets(float64(po) <= 1.1*float64(pu), "x")})
 	}
-	for j, n := range conns {
-		pu, pb := median(pullUnder[j]), median(pullBg[j])
-		ref := fmt.Sprintf("without eviction %s; during/without %s; %d and %d pulls", ms(pu), ratio(float64(pb), float64(pu)), len(pullBg[j]), len(pullUnder[j]))
-		if j == len(conns)-1 {
-			ref += "; " + strings.Join(bgNotes, "; ")
-		}
-		rows = append(rows, row{fmt.Sprintf("warm pull by digest during background eviction (97%% to 90%% of the quota), median pull (%d conns)", n), ms(pb), "", "", ref,
-			"<= 1.1x without", meets(float64(pb) <= 1.1*float64(pu), "x")})
-	}
+	pullRows("eviction of a cache at twice its quota (a cold fill asked)", pullOver, duringNotes)
+	pullRows("background eviction (97% to 90% of the quota)", pullBg, bgNotes)
 	return append(rows, row{"startup over the quota (to /readyz)", ms(so), "", "",
 		fmt.Sprintf("under the quota %s; over/under %s; rounds over: %s, under: %s", ms(su), ratio(float64(so), float64(su)),
 			strings.Join(mapD(startOver), ", "), strings.Join(mapD(startUnder), ", ")),
