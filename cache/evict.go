@@ -194,7 +194,8 @@ func (c *Cache) evictOnce(ctx context.Context) {
 		return
 	}
 	start := time.Now()
-	keep, pinned, err := c.pinned(ctx)
+	p := c.newPacer()
+	keep, pinned, err := c.pinned(ctx, p)
 	if err != nil {
 		c.log.Error("cache: eviction skipped: could not work out the pinned objects", "err", err)
 		return
@@ -204,7 +205,7 @@ func (c *Cache) evictOnce(ctx context.Context) {
 		c.log.Error("cache: pinned images take more than the quota allows; nothing pinned is evicted, and new content is refused once the quota is reached",
 			"pinned_bytes", pinned, "max_bytes", c.maxBytes)
 	}
-	st, err := c.evict(ctx, need, keep, reason, true)
+	st, err := c.evict(ctx, need, keep, reason, p)
 	if err != nil && ctx.Err() == nil {
 		c.log.Error("cache: eviction stopped", "err", err)
 	}
@@ -272,13 +273,12 @@ func (h *newest) Pop() any {
 // memory, scanning the index again as long as more must go. It runs at full speed; the background rounds rest
 // between batches while no writer waits (see evictIdle).
 func (c *Cache) Evict(ctx context.Context, need int64, keep func(v1.Hash) bool, reason string) (RemoveStats, error) {
-	return c.evict(ctx, need, keep, reason, false)
+	return c.evict(ctx, need, keep, reason, nil)
 }
 
-// evict is Evict; paced rounds rest between batches while no writer waits for room.
-func (c *Cache) evict(ctx context.Context, need int64, keep func(v1.Hash) bool, reason string, paced bool) (RemoveStats, error) {
+// evict is Evict at p's pace (nil: full speed).
+func (c *Cache) evict(ctx context.Context, need int64, keep func(v1.Hash) bool, reason string, p *pacer) (RemoveStats, error) {
 	var total RemoveStats
-	p := c.pacer(paced)
 	c.flushAccess() // order by the latest noted times
 	for total.Bytes < need {
 		cands, err := c.oldest(ctx, need-total.Bytes, keep, p)
@@ -301,7 +301,7 @@ func (c *Cache) evict(ctx context.Context, need int64, keep func(v1.Hash) bool, 
 			}
 			var st RemoveStats
 			workers := unlinkers
-			if paced && c.asking.Load() == 0 {
+			if p != nil && c.asking.Load() == 0 {
 				workers = 1 // a round nobody waits for takes one CPU at the most, and rests
 			}
 			st, err = c.removeObjects(ctx, ds, reason, gone, workers, func(o Object) bool {
@@ -332,11 +332,8 @@ type pacer struct {
 	n     int       // index entries read in it
 }
 
-// pacer returns a pacer for a paced round, nil for one that runs at full speed.
-func (c *Cache) pacer(paced bool) *pacer {
-	if !paced {
-		return nil
-	}
+// newPacer returns a pacer whose first slice begins now.
+func (c *Cache) newPacer() *pacer {
 	return &pacer{c: c, since: time.Now()}
 }
 

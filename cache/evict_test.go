@@ -298,7 +298,7 @@ func TestPinsAreKept(t *testing.T) {
 	if err := c.AddPin(p); err != nil {
 		t.Fatal(err)
 	}
-	keep, pinned, err := c.pinned(context.Background())
+	keep, pinned, err := c.pinned(context.Background(), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -556,7 +556,7 @@ func TestBackgroundRoundRests(t *testing.T) {
 	mu.Lock()
 	rests = nil
 	mu.Unlock()
-	p := c.pacer(true)
+	p := c.newPacer()
 	for range 2*scanSlice + 1 {
 		if err := p.step(t.Context()); err != nil {
 			t.Fatal(err)
@@ -574,7 +574,7 @@ func TestBackgroundRoundRests(t *testing.T) {
 	mu.Lock()
 	rests = nil
 	mu.Unlock()
-	p = c.pacer(true)
+	p = c.newPacer()
 	p.since = time.Now().Add(-time.Hour)
 	if err := p.pause(t.Context()); err != nil {
 		t.Fatal(err)

@@ -177,9 +177,9 @@ func (c *Cache) Pins() ([]Pin, error) {
 	return pins, nil
 }
 
-// pinned works out what the pins in force hold: a membership test and the bytes. With no pins it holds
-// nothing.
-func (c *Cache) pinned(ctx context.Context) (func(v1.Hash) bool, int64, error) {
+// pinned works out what the pins in force hold, at p's pace (nil: full speed): a membership test and the
+// bytes. With no pins it holds nothing.
+func (c *Cache) pinned(ctx context.Context, p *pacer) (func(v1.Hash) bool, int64, error) {
 	pins, err := c.Pins()
 	if err != nil {
 		return nil, 0, err
@@ -187,7 +187,7 @@ func (c *Cache) pinned(ctx context.Context) (func(v1.Hash) bool, int64, error) {
 	if len(pins) == 0 {
 		return nil, 0, nil
 	}
-	set, err := c.Pinned(ctx, pins)
+	set, err := c.pinnedSet(ctx, pins, p)
 	if err != nil {
 		return nil, 0, err
 	}
@@ -201,6 +201,11 @@ func (c *Cache) pinned(ctx context.Context) (func(v1.Hash) bool, int64, error) {
 // Pinned returns the stored objects pins hold, with their sizes. It reads the manifests it follows from the
 // cache (each at most 4 MiB) and holds at most maxPinned objects; more is an error.
 func (c *Cache) Pinned(ctx context.Context, pins []Pin) (map[v1.Hash]int64, error) {
+	return c.pinnedSet(ctx, pins, nil)
+}
+
+// pinnedSet is Pinned, reading the tags at pace's pace (nil: full speed).
+func (c *Cache) pinnedSet(ctx context.Context, pins []Pin, pace *pacer) (map[v1.Hash]int64, error) {
 	type compiled struct {
 		pin       Pin
 		repo, tag names.Pattern
@@ -233,6 +238,9 @@ func (c *Cache) Pinned(ctx context.Context, pins []Pin) (map[v1.Hash]int64, erro
 		defer it.Close()
 		for it.Rewind(); it.Valid(); it.Next() {
 			if err := ctx.Err(); err != nil {
+				return err
+			}
+			if err := pace.step(ctx); err != nil {
 				return err
 			}
 			parts := bytes.Split(it.Item().Key()[2:], []byte{sep})

@@ -45,7 +45,7 @@ type PurgePlan struct {
 // PlanPurge works out what Purge would remove, removing nothing.
 func (c *Cache) PlanPurge(ctx context.Context, f PurgeFilter) (PurgePlan, error) {
 	var plan PurgePlan
-	keep, _, err := c.pinned(ctx)
+	keep, _, err := c.pinned(ctx, nil)
 	if err != nil {
 		return plan, err
 	}
