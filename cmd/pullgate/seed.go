@@ -58,8 +58,11 @@ Then a summary on standard output, and, when an image failed, "failed:" and one 
 the reason. --quiet leaves out the progress and the summary.
 
 Resuming: the digest of each blob read in full (and checked against its digest) is recorded in a state file,
-by default in the user's cache directory, one per pullgate server; a later run skips those blobs, which
-pullgate has, and says how many it skipped. --state "" uses no file (every blob is read).
+by default in the user's cache directory, one per pullgate server; after a run that was interrupted or in
+which an image failed, the next run skips those blobs and says how many it skipped. A run that seeded every
+image removes the file: the next reads every blob again, from pullgate's cache, which also marks them as
+recently used (a blob pullgate has evicted since is fetched again). --state "" uses no file (every blob is
+read).
 
 Exit status: 0 when every image was seeded; 1 when any failed; 2 for a usage mistake, an IMAGE that is not a
 reference included (nothing is asked then).
@@ -235,6 +238,11 @@ func runSeed(args []string, env map[string]string, stdin io.Reader, stdout, stde
 	}
 	if stateErr != nil {
 		fmt.Fprintf(stderr, "pullgate seed: %v (the next run may read again what this one read)\n", stateErr)
+	}
+	if len(failed) == 0 && stateErr == nil {
+		if err := state.remove(); err != nil {
+			fmt.Fprintf(stderr, "pullgate seed: %v\n", err)
+		}
 	}
 	if len(failed) > 0 {
 		fmt.Fprintln(w, "failed:")

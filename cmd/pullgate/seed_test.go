@@ -266,27 +266,36 @@ spec:
 		pullgateBlobs int
 	}{
 		{
-			name: "an image and an index: every blob of every platform, attestations left out",
-			args: []string{"--state", state, "nginx:1", "docker.io/library/multi:1"},
+			name: "an image and an index: every blob of every platform, attestations left out; one image fails",
+			args: []string{"--state", state, "nginx:1", "docker.io/library/multi:1", "absent:1"},
+			code: 1,
 			errLines: []string{
 				fmt.Sprintf("seeding docker.io/library/nginx:1: 3 blobs, %d bytes\n", sizeOf(bNginx)),
 				fmt.Sprintf("seeded docker.io/library/nginx:1: %d bytes in ", sizeOf(bNginx)),
 				fmt.Sprintf("seeding docker.io/library/multi:1: 5 blobs, %d bytes\n", sizeOf(bAmd, bArm)),
 				fmt.Sprintf("seeded docker.io/library/multi:1: %d bytes in ", sizeOf(bAmd, bArm)),
 			},
-			out:           []string{fmt.Sprintf("seeded 2 of 2 images: %d bytes read in ", sizeOf(bNginx, bAmd, bArm))},
-			outNot:        []string{"skipped", "failed"},
+			out:           []string{fmt.Sprintf("seeded 2 of 3 images: %d bytes read in ", sizeOf(bNginx, bAmd, bArm)), "failed:\n  docker.io/library/absent:1: "},
+			outNot:        []string{"skipped"},
 			filled:        all(bNginx, bAmd, bArm),
 			never:         bAtt,
 			pullgateBlobs: 8,
 		},
 		{
-			name:          "again with the state file: no blob is read, and it says so",
+			name:          "again with the state file the failed run kept: no blob is read, and it says so",
 			args:          []string{"--state", state, "nginx:1", "docker.io/library/multi:1"},
 			errLines:      []string{"seeding docker.io/library/nginx:1: 0 blobs, 0 bytes; 3 blobs already seeded\n", "seeded docker.io/library/nginx:1: 0 bytes in "},
 			out:           []string{"seeded 2 of 2 images: 0 bytes read in ", "; skipped 8 blobs already seeded (state file " + state + ")\n"},
 			filled:        all(bNginx, bAmd, bArm),
 			pullgateBlobs: 0,
+		},
+		{
+			name:          "again: the run that seeded every image removed the state file, so every blob is read, from pullgate's cache",
+			args:          []string{"--state", state, "nginx:1", "docker.io/library/multi:1"},
+			out:           []string{fmt.Sprintf("seeded 2 of 2 images: %d bytes read in ", sizeOf(bNginx, bAmd, bArm))},
+			outNot:        []string{"skipped"},
+			filled:        all(bNginx, bAmd, bArm), // once still: the upstream was not asked again
+			pullgateBlobs: 8,
 		},
 		{
 			name:          "again without a state file: every blob is read, from pullgate's cache",

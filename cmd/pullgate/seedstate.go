@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
@@ -288,4 +289,17 @@ func (s *seedState) close() (note string, err error) {
 		return note, fmt.Errorf("state file %s: %w", s.path, err)
 	}
 	return note, nil
+}
+
+// remove removes the state file after a run that seeded every image it was given: nothing is left to resume.
+// The next run reads every blob again, which pullgate answers from its cache, and so marks them as recently
+// used; a state file kept would skip, for ever, a blob that pullgate has evicted since.
+func (s *seedState) remove() error {
+	if s.path == "" {
+		return nil
+	}
+	if err := os.Remove(s.path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("state file: %w", err)
+	}
+	return nil
 }
