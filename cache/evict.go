@@ -271,7 +271,7 @@ func (h *newest) Pop() any {
 // freed or nothing more can go, with their tags, repository links, referrers answers, verdicts and access
 // times. An object used, or stored again, after it was chosen stays. It holds at most evictBatch candidates in
 // memory, scanning the index again as long as more must go. It runs at full speed; the background rounds rest
-// between batches while no writer waits (see evictIdle).
+// between slices of their work while no writer waits (see evictIdle).
 func (c *Cache) Evict(ctx context.Context, need int64, keep func(v1.Hash) bool, reason string) (RemoveStats, error) {
 	return c.evict(ctx, need, keep, reason, nil)
 }
