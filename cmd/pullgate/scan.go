@@ -162,6 +162,39 @@ func (c *pullgateClient) images(refs []string) (images []scanImage, bad []string
 	return images, bad
 }
 
+// clientImages is what scan and seed do once their flags are parsed: check --timeout and --platform, make the
+// client, read the references (input) and resolve them to images (none is the message for no image at all). A
+// usage mistake is written to stderr after name, and ok is false: exit status 2.
+func clientImages(name string, cf *clientFlags, env map[string]string, timeout time.Duration, platformFlag string,
+	input func() ([]string, error), none string, stderr io.Writer) (client *pullgateClient, images []scanImage, platforms []platform, ok bool) {
+	usageErr := func(format string, args ...any) (*pullgateClient, []scanImage, []platform, bool) {
+		fmt.Fprintf(stderr, name+": "+format+"\n", args...)
+		return nil, nil, nil, false
+	}
+	if timeout <= 0 {
+		return usageErr("--timeout must be positive, got %s", timeout)
+	}
+	platforms, err := parsePlatforms(platformFlag)
+	if err != nil {
+		return usageErr("--platform: %v", err)
+	}
+	if client, err = cf.client(env); err != nil {
+		return usageErr("%v", err)
+	}
+	refs, err := input()
+	if err != nil {
+		return usageErr("%v", err)
+	}
+	images, bad := client.images(refs)
+	if len(bad) > 0 {
+		return usageErr("nothing was asked, as these are not image references:\n  %s", strings.Join(bad, "\n  "))
+	}
+	if len(images) == 0 {
+		return usageErr("%s", none)
+	}
+	return client, images, platforms, true
+}
+
 // runScan is `pullgate scan [flags] [IMAGE...]`.
 func runScan(args []string, env map[string]string, stdin io.Reader, stdout, stderr io.Writer, opts scanOptions) int {
 	opts = opts.withDefaults()
@@ -176,31 +209,10 @@ func runScan(args []string, env map[string]string, stdin io.Reader, stdout, stde
 		}
 		return 2
 	}
-	usageErr := func(format string, args ...any) int {
-		fmt.Fprintf(stderr, "pullgate scan: "+format+"\n", args...)
+	client, images, platforms, ok := clientImages("pullgate scan", cf, env, *timeout, *platform,
+		func() ([]string, error) { return scanInput(set.Args(), stdin) }, "no image to scan (standard input was empty)", stderr)
+	if !ok {
 		return 2
-	}
-	if *timeout <= 0 {
-		return usageErr("--timeout must be positive, got %s", *timeout)
-	}
-	platforms, err := parsePlatforms(*platform)
-	if err != nil {
-		return usageErr("--platform: %v", err)
-	}
-	client, err := cf.client(env)
-	if err != nil {
-		return usageErr("%v", err)
-	}
-	refs, err := scanInput(set.Args(), stdin)
-	if err != nil {
-		return usageErr("%v", err)
-	}
-	images, bad := client.images(refs)
-	if len(bad) > 0 {
-		return usageErr("nothing was asked, as these are not image references:\n  %s", strings.Join(bad, "\n  "))
-	}
-	if len(images) == 0 {
-		return usageErr("no image to scan (standard input was empty)")
 	}
 
 	s := &scanner{client: client, opts: opts, timeout: *timeout, platforms: platforms, stderr: &lockedWriter{w: stderr}}

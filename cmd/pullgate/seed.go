@@ -137,27 +137,10 @@ func runSeed(args []string, env map[string]string, stdin io.Reader, stdout, stde
 	if *jobs < 1 || *jobs > maxSeedJobs {
 		return usageErr("--jobs must be from 1 to %d, got %d", maxSeedJobs, *jobs)
 	}
-	if *timeout <= 0 {
-		return usageErr("--timeout must be positive, got %s", *timeout)
-	}
-	platforms, err := parsePlatforms(*platform)
-	if err != nil {
-		return usageErr("--platform: %v", err)
-	}
-	client, err := cf.client(env)
-	if err != nil {
-		return usageErr("%v", err)
-	}
-	refs, err := seedInput(set.Args(), files, stdin)
-	if err != nil {
-		return usageErr("%v", err)
-	}
-	images, bad := client.images(refs)
-	if len(bad) > 0 {
-		return usageErr("nothing was asked, as these are not image references:\n  %s", strings.Join(bad, "\n  "))
-	}
-	if len(images) == 0 {
-		return usageErr("no image to seed")
+	client, images, platforms, ok := clientImages("pullgate seed", cf, env, *timeout, *platform,
+		func() ([]string, error) { return seedInput(set.Args(), files, stdin) }, "no image to seed", stderr)
+	if !ok {
+		return 2
 	}
 
 	server := client.base.String()
@@ -165,6 +148,7 @@ func runSeed(args []string, env map[string]string, stdin io.Reader, stdout, stde
 	set.Visit(func(f *flag.Flag) { explicitState = explicitState || f.Name == "state" })
 	path := *statePath
 	if !explicitState {
+		var err error
 		if path, err = defaultStatePath(server); err != nil {
 			fmt.Fprintf(stderr, "pullgate seed: no state file, every blob is read: %v\n", err)
 		}
