@@ -408,6 +408,28 @@ func commandLine(parts ...string) string {
 	return strings.Join(out, " ")
 }
 
+// parseNodeSetup parses what hosts-toml and registries-conf take alike: the flags of set among args (the rest
+// are the registries) and pullgate's --server (the flag's value, read once parsed). code is -1 when all is
+// well, else the exit status (0 for --help); a mistake is written to stderr after name.
+func parseNodeSetup(name string, set *flag.FlagSet, args []string, server *string, stderr io.Writer) (pgServer, []string, int) {
+	regs, err := parseInterspersed(set, args)
+	if err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return pgServer{}, nil, 0
+		}
+		return pgServer{}, nil, 2
+	}
+	srv, err := parseServer(*server)
+	if err == nil {
+		var registries []string
+		if registries, err = parseRegistries(regs); err == nil {
+			return srv, registries, -1
+		}
+	}
+	fmt.Fprintf(stderr, "%s: %v\n", name, err)
+	return pgServer{}, nil, 2
+}
+
 // runHostsTOML is `pullgate hosts-toml`.
 func runHostsTOML(args []string, stdout, stderr io.Writer) int {
 	set := commandFlags("pullgate hosts-toml", hostsTOMLUsage, stderr)
@@ -418,24 +440,16 @@ func runHostsTOML(args []string, stdout, stderr io.Writer) int {
 	dir := set.String("dir", "/etc/containerd/certs.d", "directory to write into (containerd's config_path)")
 	nodeDirFlag := set.String("node-dir", "", "the same directory as containerd on the node sees it, for the paths inside the files (default: --dir)")
 	dryRun := set.Bool("dry-run", false, "print every file instead of writing it")
-	regs, err := parseInterspersed(set, args)
-	if err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return 0
-		}
-		return 2
+	srv, registries, code := parseNodeSetup("pullgate hosts-toml", set, args, server, stderr)
+	if code >= 0 {
+		return code
 	}
+	o := hostsTOMLOptions{dir: *dir, server: srv, registries: registries}
 	fail := func(err error) int {
 		fmt.Fprintf(stderr, "pullgate hosts-toml: %v\n", err)
 		return 2
 	}
-	o := hostsTOMLOptions{dir: *dir}
-	if o.server, err = parseServer(*server); err != nil {
-		return fail(err)
-	}
-	if o.registries, err = parseRegistries(regs); err != nil {
-		return fail(err)
-	}
+	var err error
 	if *dir == "" {
 		return fail(errors.New("--dir is empty"))
 	}
@@ -482,24 +496,16 @@ func runRegistriesConf(args []string, stdout, stderr io.Writer) int {
 	file := set.String("file", "/etc/containers/registries.conf.d/50-pullgate.conf", "the drop-in to write")
 	certsDir := set.String("certs-dir", "/etc/containers/certs.d", "containers-certs.d(5) directory for the CA")
 	dryRun := set.Bool("dry-run", false, "print every file instead of writing it")
-	regs, err := parseInterspersed(set, args)
-	if err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return 0
-		}
-		return 2
+	srv, registries, code := parseNodeSetup("pullgate registries-conf", set, args, server, stderr)
+	if code >= 0 {
+		return code
 	}
+	o := registriesConfOptions{file: *file, certsDir: *certsDir, server: srv, registries: registries}
 	fail := func(err error) int {
 		fmt.Fprintf(stderr, "pullgate registries-conf: %v\n", err)
 		return 2
 	}
-	o := registriesConfOptions{file: *file, certsDir: *certsDir}
-	if o.server, err = parseServer(*server); err != nil {
-		return fail(err)
-	}
-	if o.registries, err = parseRegistries(regs); err != nil {
-		return fail(err)
-	}
+	var err error
 	if *file == "" || *certsDir == "" {
 		return fail(errors.New("--file and --certs-dir must not be empty"))
 	}
