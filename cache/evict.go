@@ -78,6 +78,9 @@ func (c *Cache) quotaRoom(n int64) error {
 	if c.maxBytes <= 0 || n <= 0 {
 		return nil
 	}
+	if err := c.largerThanQuota(n); err != nil {
+		return err
+	}
 	if c.reserve(n, c.maxBytes) {
 		return nil
 	}
@@ -111,6 +114,15 @@ func (c *Cache) quotaRoom(n int64) error {
 		msg += fmt.Sprintf(" (%d bytes of it pinned)", p)
 	}
 	return fmt.Errorf("%w: %s", ErrQuota, msg)
+}
+
+// largerThanQuota refuses content of n bytes when they alone are more than the quota: no eviction could make
+// room for them.
+func (c *Cache) largerThanQuota(n int64) error {
+	if c.maxBytes > 0 && n > c.maxBytes {
+		return fmt.Errorf("%w: %d bytes are more than the whole quota of %d bytes", ErrQuota, n, c.maxBytes)
+	}
+	return nil
 }
 
 // removed returns a channel closed when the next removal batch has ended.

@@ -514,6 +514,29 @@ func TestOverQuotaCacheNeverGrows(t *testing.T) {
 	if used, _ := c.Usage(); used > size*n {
 		t.Errorf("usage %d after the fill, more than the %d stored when it asked", used, size*n)
 	}
+
+	// Content larger than the whole quota is still refused at once, whatever eviction frees.
+	if _, err := c.NewWriter(sha256Of([]byte("huge")), "", size*n/2+1); !errors.Is(err, ErrQuota) {
+		t.Errorf("NewWriter larger than the quota over the quota = %v, want ErrQuota", err)
+	}
+	big := randomBytes(t, size*n/2+1)
+	w, err = c.NewWriter(sha256Of(big), "", -1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var werr error
+	for chunk := range slices.Chunk(big, size/2) {
+		if _, werr = w.Write(chunk); werr != nil {
+			break
+		}
+	}
+	if !errors.Is(werr, ErrQuota) {
+		t.Errorf("writing more than the quota at unknown size, over the quota = %v, want ErrQuota", werr)
+	}
+	w.Abort(nil)
+	if r := c.inflight.Load(); r != 0 {
+		t.Errorf("%d bytes still reserved after the refusals", r)
+	}
 }
 
 // TestBackgroundRoundRests: a round nobody waits for rests after each slice of its work, evictIdle times as

@@ -121,6 +121,10 @@ func (w *Writer) Write(p []byte) (int, error) {
 		return 0, err
 	}
 	if w.size < 0 {
+		if err := w.c.largerThanQuota(w.reserved + int64(len(p))); err != nil {
+			w.fail(err)
+			return 0, err
+		}
 		if err := w.c.quotaRoom(int64(len(p))); err != nil {
 			w.fail(err)
 			return 0, err
