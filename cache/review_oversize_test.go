@@ -38,18 +38,19 @@ func TestOversizeUnknownSizeEvictsNothing(t *testing.T) {
 	c, rm := openQuota(t, clk, Options{MaxBytes: 100, QuotaWait: 5 * time.Second})
 	kept := put(t, c, randomBytes(t, 30))
 
-	big := randomBytes(t, 200)
+	// The first 60 bytes fit beside the 30 stored; with the next 60 the writer alone passes the quota.
+	big := randomBytes(t, 180)
 	w, err := c.NewWriter(sha256Of(big), "", -1)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer w.Abort(nil)
 	var werr error
-	for i := 0; i < len(big) && werr == nil; i += 40 {
-		_, werr = w.Write(big[i : i+40])
+	for i := 0; i < len(big) && werr == nil; i += 60 {
+		_, werr = w.Write(big[i : i+60])
 	}
 	if !errors.Is(werr, ErrQuota) {
-		t.Errorf("writing 200 bytes of unknown size under a quota of 100 = %v, want ErrQuota", werr)
+		t.Errorf("writing 180 bytes of unknown size under a quota of 100 = %v, want ErrQuota", werr)
 	}
 	if n := rm.count(ReasonQuota); n > 0 {
 		t.Errorf("asking for room that can never exist evicted %d objects", n)
