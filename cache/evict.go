@@ -74,9 +74,15 @@ func (s *RemoveStats) add(o RemoveStats) {
 // tries again after each batch the task removes, until the round it asked for ends (or QuotaWait passes);
 // ErrQuota (wrapped) when there is still no room. A cache already over its quota (it was lowered) never grows:
 // the writer waits until eviction has freed its n bytes, not until the whole cache is under the quota.
-func (c *Cache) quotaRoom(n int64) error {
+//
+// held is what the writer already reserved: when held and n together are more than the quota no eviction can
+// make room, so it is refused at once rather than after a round that evicted everything unpinned for nothing.
+func (c *Cache) quotaRoom(n, held int64) error {
 	if c.maxBytes <= 0 || n <= 0 {
 		return nil
+	}
+	if held+n > c.maxBytes {
+		return fmt.Errorf("%w: %d bytes do not fit in a quota of %d bytes", ErrQuota, held+n, c.maxBytes)
 	}
 	if c.reserve(n, c.maxBytes) {
 		return nil

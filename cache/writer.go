@@ -71,7 +71,7 @@ func (c *Cache) NewWriter(d v1.Hash, mediaType string, size int64) (*Writer, err
 	if err := c.contentRoom(0, max(size, 0)); err != nil {
 		return nil, err
 	}
-	if err := c.quotaRoom(size); err != nil {
+	if err := c.quotaRoom(size, 0); err != nil {
 		return nil, err
 	}
 	f, err := os.CreateTemp(c.tmp, d.Algorithm+"-"+d.Hex[:16]+"-*")
@@ -121,7 +121,7 @@ func (w *Writer) Write(p []byte) (int, error) {
 		return 0, err
 	}
 	if w.size < 0 {
-		if err := w.c.quotaRoom(int64(len(p))); err != nil {
+		if err := w.c.quotaRoom(int64(len(p)), w.reserved); err != nil {
 			w.fail(err)
 			return 0, err
 		}
