@@ -87,7 +87,9 @@ func (c *Cache) quotaRoom(n, held int64) error {
 	if c.reserve(n, c.maxBytes) {
 		return nil
 	}
+	c.quotaMu.Lock()
 	limit := max(c.maxBytes, c.bytes.Load()+c.inflight.Load())
+	c.quotaMu.Unlock()
 	c.asking.Add(n)
 	defer c.asking.Add(-n)
 	select {
@@ -136,6 +138,8 @@ func (c *Cache) batchEnded() {
 
 // reserve counts n bytes in flight if the stored and in-flight bytes stay within limit.
 func (c *Cache) reserve(n, limit int64) bool {
+	c.quotaMu.Lock()
+	defer c.quotaMu.Unlock()
 	if c.inflight.Add(n)+c.bytes.Load() <= limit {
 		return true
 	}

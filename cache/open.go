@@ -82,6 +82,10 @@ type Cache struct {
 	askWake        chan struct{}       // a writer waits for room: a resting round goes on
 	removeBatch    int                 // objects one removal batch takes (removeBatch but in tests)
 	rested         func(time.Duration) // tests: called with each rest a paced round decides on (0: none)
+
+	// quotaMu makes a reservation's check, and the move of a committed writer's reservation to the stored
+	// bytes, one step each: a reservation never sees the committed bytes twice, or not at all.
+	quotaMu sync.Mutex
 }
 
 // Open opens (creating if needed) the cache in opts.Dir. It removes temp files. After a clean stop (Close) it

@@ -36,7 +36,8 @@ type Writer struct {
 	f     *os.File   // nil once the writer ended
 	h     hash.Hash
 	ended bool
-	// reserved is the quota this writer holds (Options.MaxBytes): its announced size, or what it wrote.
+	// reserved is the quota this writer holds (Options.MaxBytes): its announced size, or what it wrote; zero
+	// once install counted its content as stored.
 	reserved int64
 
 	mu      sync.Mutex // guards the fields below, which readers watch
