@@ -289,7 +289,8 @@ func (c *Cache) Evict(ctx context.Context, need int64, keep func(v1.Hash) bool, 
 // evict is Evict at p's pace (nil: full speed).
 func (c *Cache) evict(ctx context.Context, need int64, keep func(v1.Hash) bool, reason string, p *pacer) (RemoveStats, error) {
 	var total RemoveStats
-	c.flushAccess() // order by the latest noted times
+	c.flushAccess()  // order by the latest noted times
+	stalled := false // the last pass removed nothing
 	for total.Bytes < need {
 		cands, err := c.oldest(ctx, need-total.Bytes, keep, p)
 		if err != nil || len(cands) == 0 {
@@ -300,6 +301,7 @@ func (c *Cache) evict(ctx context.Context, need int64, keep func(v1.Hash) bool, 
 		// each batch would cost a scan of every tag and link per thousand objects. Until then a tag may name
 		// a removed manifest, which is served as a miss, as after a crash.
 		gone := make(map[v1.Hash]struct{}, len(cands))
+		before := total.Objects
 		for len(cands) > 0 && total.Bytes < need && err == nil {
 			n := min(len(cands), c.removeBatch)
 			batch := cands[:n]
@@ -329,6 +331,16 @@ func (c *Cache) evict(ctx context.Context, need int64, keep func(v1.Hash) bool, 
 		total.Links += links
 		if err = errors.Join(err, rerr); err != nil {
 			return total, err
+		}
+		if total.Objects > before {
+			stalled = false
+		} else if stalled {
+			// Twice every candidate was used (or stored again) since it was chosen: the next scan, which sees
+			// the uses noted meanwhile, did not order them better, as when their uses never reached the index
+			// (a dropped flush). Scanning on would choose the same ones for ever; the next round tries again.
+			return total, nil
+		} else {
+			stalled = true
 		}
 	}
 	return total, nil
