@@ -74,17 +74,25 @@ func (s *RemoveStats) add(o RemoveStats) {
 // tries again after each batch the task removes, until the round it asked for ends (or QuotaWait passes);
 // ErrQuota (wrapped) when there is still no room. A cache already over its quota (it was lowered) never grows:
 // the writer waits until eviction has freed its n bytes, not until the whole cache is under the quota.
-func (c *Cache) quotaRoom(n int64) error {
+//
+// held is what the writer already reserved: when held and n together are more than the quota no eviction can
+// make room, so it is refused at once rather than after a round that evicted everything unpinned for nothing.
+func (c *Cache) quotaRoom(n, held int64) error {
 	if c.maxBytes <= 0 || n <= 0 {
 		return nil
 	}
-	if err := c.largerThanQuota(n); err != nil {
+	if held+n > c.maxBytes {
+		return fmt.Errorf("%w: %d bytes do not fit in a quota of %d bytes", ErrQuota, held+n, c.maxBytes)
+	}
+	if err := c.waitCounted(); err != nil {
 		return err
 	}
 	if c.reserve(n, c.maxBytes) {
 		return nil
 	}
+	c.quotaMu.Lock()
 	limit := max(c.maxBytes, c.bytes.Load()+c.inflight.Load())
+	c.quotaMu.Unlock()
 	c.asking.Add(n)
 	defer c.asking.Add(-n)
 	select {
@@ -116,13 +124,24 @@ func (c *Cache) quotaRoom(n int64) error {
 	return fmt.Errorf("%w: %s", ErrQuota, msg)
 }
 
-// largerThanQuota refuses content of n bytes when they alone are more than the quota: no eviction could make
-// room for them.
-func (c *Cache) largerThanQuota(n int64) error {
-	if c.maxBytes > 0 && n > c.maxBytes {
-		return fmt.Errorf("%w: %d bytes are more than the whole quota of %d bytes", ErrQuota, n, c.maxBytes)
+// waitCounted waits (at most QuotaWait) until the usage counts every stored object: after a crash, until the
+// repair has read the index, the count is short and no reservation can be judged.
+func (c *Cache) waitCounted() error {
+	select {
+	case <-c.counted:
+		return nil
+	default:
 	}
-	return nil
+	t := time.NewTimer(c.quotaWait)
+	defer t.Stop()
+	select {
+	case <-c.counted:
+		return nil
+	case <-t.C:
+		return fmt.Errorf("%w: the stored bytes are still being counted after an unclean stop", ErrQuota)
+	case <-c.stop:
+		return errors.New("cache: closed")
+	}
 }
 
 // removed returns a channel closed when the next removal batch has ended.
@@ -142,6 +161,8 @@ func (c *Cache) batchEnded() {
 
 // reserve counts n bytes in flight if the stored and in-flight bytes stay within limit.
 func (c *Cache) reserve(n, limit int64) bool {
+	c.quotaMu.Lock()
+	defer c.quotaMu.Unlock()
 	if c.inflight.Add(n)+c.bytes.Load() <= limit {
 		return true
 	}
@@ -201,6 +222,11 @@ func (c *Cache) evictOnce(ctx context.Context) {
 	c.evictMu.Unlock()
 	defer close(done)
 
+	select {
+	case <-c.counted:
+	default:
+		return // the usage is still being counted after a crash: the next tick, or writer, asks again
+	}
 	need, reason := c.evictNeed()
 	if need <= 0 {
 		return
@@ -291,7 +317,8 @@ func (c *Cache) Evict(ctx context.Context, need int64, keep func(v1.Hash) bool, 
 // evict is Evict at p's pace (nil: full speed).
 func (c *Cache) evict(ctx context.Context, need int64, keep func(v1.Hash) bool, reason string, p *pacer) (RemoveStats, error) {
 	var total RemoveStats
-	c.flushAccess() // order by the latest noted times
+	c.flushAccess()  // order by the latest noted times
+	stalled := false // the last pass removed nothing
 	for total.Bytes < need {
 		cands, err := c.oldest(ctx, need-total.Bytes, keep, p)
 		if err != nil || len(cands) == 0 {
@@ -302,6 +329,7 @@ func (c *Cache) evict(ctx context.Context, need int64, keep func(v1.Hash) bool, 
 		// each batch would cost a scan of every tag and link per thousand objects. Until then a tag may name
 		// a removed manifest, which is served as a miss, as after a crash.
 		gone := make(map[v1.Hash]struct{}, len(cands))
+		before := total.Objects
 		for len(cands) > 0 && total.Bytes < need && err == nil {
 			n := min(len(cands), c.removeBatch)
 			batch := cands[:n]
@@ -331,6 +359,16 @@ func (c *Cache) evict(ctx context.Context, need int64, keep func(v1.Hash) bool, 
 		total.Links += links
 		if err = errors.Join(err, rerr); err != nil {
 			return total, err
+		}
+		if total.Objects > before {
+			stalled = false
+		} else if stalled {
+			// Twice every candidate was used (or stored again) since it was chosen: the next scan, which sees
+			// the uses noted meanwhile, did not order them better, as when their uses never reached the index
+			// (a dropped flush). Scanning on would choose the same ones for ever; the next round tries again.
+			return total, nil
+		} else {
+			stalled = true
 		}
 	}
 	return total, nil

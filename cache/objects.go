@@ -165,12 +165,18 @@ func (c *Cache) install(w *Writer) (Object, error) {
 		}
 		return Object{}, err
 	}
+	grow := obj.Size
 	if haveEntry {
-		c.bytes.Add(obj.Size - existing.Size)
+		grow -= existing.Size
 	} else {
-		c.bytes.Add(obj.Size)
 		c.objects.Add(1)
 	}
+	// The writer's reservation becomes stored bytes in one step (see quotaMu).
+	c.quotaMu.Lock()
+	c.bytes.Add(grow)
+	c.unreserve(w.reserved)
+	c.quotaMu.Unlock()
+	w.reserved = 0
 	return obj, nil
 }
 

@@ -47,6 +47,10 @@ type Cache struct {
 	exact     atomic.Bool
 	repairing atomic.Bool
 	repaired  chan struct{} // closed when no repair runs any more
+	// counted is closed once bytes and objects count every object of the index: at Open after a clean stop,
+	// or once the repair has read the index (before it checks the files); countOnce closes it.
+	counted   chan struct{}
+	countOnce sync.Once
 	// stopRepair cancels the background repair; nil when none was started.
 	stopRepair context.CancelFunc
 	// bg counts background tasks (repair, ballast); Close waits for them. Started under mu, never after Close.
@@ -82,6 +86,10 @@ type Cache struct {
 	askWake        chan struct{}       // a writer waits for room: a resting round goes on
 	removeBatch    int                 // objects one removal batch takes (removeBatch but in tests)
 	rested         func(time.Duration) // tests: called with each rest a paced round decides on (0: none)
+
+	// quotaMu makes a reservation's check, and the move of a committed writer's reservation to the stored
+	// bytes, one step each: a reservation never sees the committed bytes twice, or not at all.
+	quotaMu sync.Mutex
 }
 
 // Open opens (creating if needed) the cache in opts.Dir. It removes temp files. After a clean stop (Close) it
@@ -120,6 +128,7 @@ func Open(opts Options) (*Cache, error) {
 		minFreePercent: opts.MinFreePercent,
 		faultLimit:     maxFaults,
 		repaired:       make(chan struct{}),
+		counted:        make(chan struct{}),
 		space:          newSpace(opts.Dir, opts.Reserve, opts.Now, opts.Logger),
 	}
 	for _, p := range opts.Pins {
@@ -169,6 +178,7 @@ func Open(opts Options) (*Cache, error) {
 		c.objects.Store(clean.Objects)
 		c.exact.Store(true)
 		close(c.repaired)
+		c.countDone()
 	} else {
 		c.startRepair()
 	}

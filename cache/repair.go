@@ -84,9 +84,13 @@ func (c *Cache) writeCleanMark() error {
 	return syncDir(c.dir)
 }
 
-// Repairing reports whether the repair that Open started after a crash is still running. Until it ends, Usage
-// is short of the objects not yet checked.
+// Repairing reports whether the repair that Open started after a crash is still running. Until it has read the
+// index (the first thing it does, quickly), Usage is short of what is stored, and writers that need room under
+// the quota wait for it; until it ends, Usage counts the entries it has yet to find broken.
 func (c *Cache) Repairing() bool { return c.repairing.Load() }
+
+// countDone records that the usage counts every object of the index.
+func (c *Cache) countDone() { c.countOnce.Do(func() { close(c.counted) }) }
 
 // startRepair starts the background repair on a snapshot of the index taken now, before any write: every
 // object of the snapshot is counted by the repair, every later change by the writer that makes it.
@@ -98,6 +102,7 @@ func (c *Cache) startRepair() {
 	c.bg.Go(func() {
 		defer cancel()
 		defer close(c.repaired)
+		defer c.countDone() // a repair that stopped early: what it counted is what there is
 		defer c.repairing.Store(false)
 		start := time.Now()
 		st, err := c.repair(ctx, txn)
@@ -120,8 +125,9 @@ func (c *Cache) startRepair() {
 type repairStats struct{ entries, files int }
 
 // repair makes the index and the content files agree after a crash, and counts the usage, holding no more in
-// memory than one object at a time: the objects of the snapshot txn, then every content file (looked up in the
-// index), then the tags and access times of objects that are gone.
+// memory than one object at a time: it counts the objects of the snapshot txn (so that the quota holds from
+// then on; an entry found broken next is subtracted when it is dropped), checks their files, then every
+// content file (looked up in the index), then the tags and access times of objects that are gone.
 func (c *Cache) repair(ctx context.Context, txn *badger.Txn) (repairStats, error) {
 	var st repairStats
 	err := c.scanObjects(txn, func(o Object) error {
@@ -130,6 +136,16 @@ func (c *Cache) repair(ctx context.Context, txn *badger.Txn) (repairStats, error
 		}
 		c.bytes.Add(o.Size)
 		c.objects.Add(1)
+		return nil
+	})
+	if err != nil {
+		return st, err
+	}
+	c.countDone()
+	err = c.scanObjects(txn, func(o Object) error {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
 		fi, err := os.Lstat(c.Path(o.Digest))
 		if err == nil && fi.Mode().IsRegular() && fi.Size() == o.Size {
 			return nil

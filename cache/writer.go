@@ -36,7 +36,8 @@ type Writer struct {
 	f     *os.File   // nil once the writer ended
 	h     hash.Hash
 	ended bool
-	// reserved is the quota this writer holds (Options.MaxBytes): its announced size, or what it wrote.
+	// reserved is the quota this writer holds (Options.MaxBytes): its announced size, or what it wrote; zero
+	// once install counted its content as stored.
 	reserved int64
 
 	mu      sync.Mutex // guards the fields below, which readers watch
@@ -71,7 +72,7 @@ func (c *Cache) NewWriter(d v1.Hash, mediaType string, size int64) (*Writer, err
 	if err := c.contentRoom(0, max(size, 0)); err != nil {
 		return nil, err
 	}
-	if err := c.quotaRoom(size); err != nil {
+	if err := c.quotaRoom(size, 0); err != nil {
 		return nil, err
 	}
 	f, err := os.CreateTemp(c.tmp, d.Algorithm+"-"+d.Hex[:16]+"-*")
@@ -121,11 +122,7 @@ func (w *Writer) Write(p []byte) (int, error) {
 		return 0, err
 	}
 	if w.size < 0 {
-		if err := w.c.largerThanQuota(w.reserved + int64(len(p))); err != nil {
-			w.fail(err)
-			return 0, err
-		}
-		if err := w.c.quotaRoom(int64(len(p))); err != nil {
+		if err := w.c.quotaRoom(int64(len(p)), w.reserved); err != nil {
 			w.fail(err)
 			return 0, err
 		}

@@ -46,6 +46,9 @@ func (h *Handler) authorizeAdmin(r *http.Request, req *request) error {
 // pattern>][&digest=<digest>] lists stored verdicts judged under the policy in force; the cache routes are in
 // admincache.go.
 func (h *Handler) serveAdmin(w *recorder, r *http.Request, req *request) error {
+	if err := checkAdminMethod(req.name, r.Method); err != nil {
+		return err
+	}
 	if req.name == "verdicts" {
 		return h.serveVerdicts(w, r)
 	}

@@ -129,7 +129,7 @@ func (h *Handler) routeRequest(r *http.Request, req *request) error {
 	}
 	if name, ok := adminRoute(r.URL.Path); ok {
 		req.kind, req.name = kindAdmin, name
-		return checkAdminMethod(name, r.Method)
+		return nil // the method is checked once the client proved it may use the admin API (serveAdmin)
 	}
 	if r.Method != http.MethodGet && r.Method != http.MethodHead {
 		// Checked before parsing, so that push routes (blobs/uploads/...) are answered as such.
