@@ -317,8 +317,8 @@ func (c *Cache) Evict(ctx context.Context, need int64, keep func(v1.Hash) bool, 
 // evict is Evict at p's pace (nil: full speed).
 func (c *Cache) evict(ctx context.Context, need int64, keep func(v1.Hash) bool, reason string, p *pacer) (RemoveStats, error) {
 	var total RemoveStats
-	c.flushAccess()  // order by the latest noted times
-	stalled := false // the last pass removed nothing
+	c.flushAccess() // order by the latest noted times
+	empty := 0      // passes in a row that removed nothing
 	for total.Bytes < need {
 		cands, err := c.oldest(ctx, need-total.Bytes, keep, p)
 		if err != nil || len(cands) == 0 {
@@ -360,15 +360,14 @@ func (c *Cache) evict(ctx context.Context, need int64, keep func(v1.Hash) bool, 
 		if err = errors.Join(err, rerr); err != nil {
 			return total, err
 		}
-		if total.Objects > before {
-			stalled = false
-		} else if stalled {
+		if empty++; total.Objects > before {
+			empty = 0
+		}
+		if empty == 2 {
 			// Twice every candidate was used (or stored again) since it was chosen: the next scan, which sees
 			// the uses noted meanwhile, did not order them better, as when their uses never reached the index
 			// (a dropped flush). Scanning on would choose the same ones for ever; the next round tries again.
 			return total, nil
-		} else {
-			stalled = true
 		}
 	}
 	return total, nil
